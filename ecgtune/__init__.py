@@ -1,0 +1,3 @@
+"""ecgtune: hyperparameter sweeps for deep-learning ECG interval regression."""
+
+__version__ = "0.1.0"

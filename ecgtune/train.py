@@ -1,0 +1,400 @@
+"""The one training and evaluation loop: trials, final training and tests all use it.
+
+Read top to bottom: config → target standardisation → masked loss → batches
+→ the Trainer (one epoch, evaluate, checkpoint state) → transfer helpers.
+
+Nothing here knows about Ray. Callers that want progress pass their own
+`report` callable to `fit`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ecgtune.data.store import SplitArrays
+from ecgtune.targets import MICROVOLTS_PER_MILLIVOLT, TARGETS, check_targets
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one training stage."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    warmup_fraction: float = 0.05  # of all steps, for "cosine"
+    grad_clip: float | None = 1.0
+    loss: Literal["l1", "huber"] = "l1"
+    huber_delta: float = 1.0  # in standardised units
+    # Pretraining stores can be far larger than an epoch needs; None = the whole split.
+    samples_per_epoch: int | None = None
+    freeze_backbone_epochs: int = 0
+    eval_batch_size: int = 256
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU, where it would only slow things down
+    compile: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 0,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_fraction": 0 <= self.warmup_fraction < 1,
+            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
+            "huber_delta": self.huber_delta > 0,
+            "samples_per_epoch": self.samples_per_epoch is None or self.samples_per_epoch >= 1,
+            "freeze_backbone_epochs": self.freeze_backbone_epochs >= 0,
+            "eval_batch_size": self.eval_batch_size >= 1,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid TrainConfig values: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+        if self.schedule not in ("cosine", "onecycle", "constant"):
+            raise ValueError(f"TrainConfig.schedule={self.schedule!r}; allowed: cosine, onecycle, constant")
+        if self.loss not in ("l1", "huber"):
+            raise ValueError(f"TrainConfig.loss={self.loss!r}; allowed: l1, huber")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Standardizer:
+    """Per-target mean and SD, always computed on a training split only."""
+
+    names: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def fit(cls, targets: np.ndarray, names: Sequence[str]) -> Standardizer:
+        names = tuple(names)
+        if targets.ndim != 2 or targets.shape[1] != len(names):
+            raise ValueError(f"targets of shape {targets.shape} do not match names {names}")
+        mean, std = [], []
+        for j, name in enumerate(names):
+            col = targets[:, j][~np.isnan(targets[:, j])]
+            if len(col) < 2:
+                raise ValueError(f"target {name!r} has {len(col)} labelled training samples; need at least 2")
+            mean.append(float(col.mean()))
+            std.append(float(max(col.std(), 1e-6)))
+        return cls(names, tuple(mean), tuple(std))
+
+    def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        return (
+            torch.tensor(self.mean, dtype=torch.float32, device=device),
+            torch.tensor(self.std, dtype=torch.float32, device=device),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"names": list(self.names), "mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Standardizer:
+        return cls(tuple(d["names"]), tuple(d["mean"]), tuple(d["std"]))
+
+
+def masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", delta: float = 1.0) -> torch.Tensor:
+    """Mean loss over labelled entries only: a NaN label silences that target for that ECG,
+    while the ECG's other targets still train (PTB-XL+ tables have gaps)."""
+    mask = ~torch.isnan(target)
+    target = torch.where(mask, target, pred.detach())
+    if kind == "l1":
+        per_entry = (pred - target).abs()
+    else:
+        per_entry = F.huber_loss(pred, target, reduction="none", delta=delta)
+    return (per_entry * mask).sum() / mask.sum().clamp(min=1)
+
+
+def objective(mae: Mapping[str, float]) -> float:
+    """One number to compare models across targets: mean of MAE / clinical tolerance."""
+    return float(np.mean([mae[t] / TARGETS[t].tolerance for t in mae]))
+
+
+# ---------------------------------------------------------------------------- batches
+
+
+class Batches:
+    """Feeds one split to a model without per-sample Python work.
+
+    Signals stay int16 µV until the device: a batch is a gather of rows from
+    the memory map (or from a device-resident copy), converted in bulk to
+    float32 mV where the model runs.
+    """
+
+    def __init__(self, split: SplitArrays, device: torch.device, resident: bool | None = None):
+        self.n = len(split)
+        self.device = device
+        self.targets = torch.from_numpy(np.ascontiguousarray(split.targets))
+        self.signals_host = split.signals
+        if resident is None:
+            resident = device.type == "cuda" and _fits_on_device(split.signals.nbytes, device)
+        self.resident = resident
+        if resident:
+            # One copy of the split on the device: a GPU then never waits on the host.
+            self.signals_dev = torch.from_numpy(np.ascontiguousarray(split.signals)).to(device)
+            self.targets = self.targets.to(device)
+
+    def _gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.resident:
+            i = torch.from_numpy(idx).to(self.device)
+            x, y = self.signals_dev[i], self.targets[i]
+        else:
+            idx = np.sort(idx)  # sorted rows read the memory map sequentially
+            x = torch.from_numpy(np.ascontiguousarray(self.signals_host[idx]))
+            y = self.targets[torch.from_numpy(idx)]
+            if self.device.type == "cuda":
+                x, y = x.pin_memory().to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        # (B, 8, 5000) int16 µV -> float32 mV
+        return x.float().mul_(1.0 / MICROVOLTS_PER_MILLIVOLT), y
+
+    def epoch(
+        self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, limit: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches of one pass. The order depends only on (seed, epoch), so a resumed run repeats it."""
+        if shuffle:
+            order = np.random.default_rng([seed, epoch]).permutation(self.n)
+        else:
+            order = np.arange(self.n)
+        if limit is not None:
+            order = order[:limit]
+        for start in range(0, len(order), batch_size):
+            yield self._gather(order[start : start + batch_size])
+
+    def steps(self, batch_size: int, limit: int | None = None) -> int:
+        n = self.n if limit is None else min(limit, self.n)
+        return math.ceil(n / batch_size)
+
+
+def _fits_on_device(nbytes: int, device: torch.device, share: float = 0.25) -> bool:
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes < share * free  # leave room for activations and for trials packed beside this one
+
+
+# ---------------------------------------------------------------------------- the trainer
+
+
+@dataclass
+class Evaluation:
+    """Errors in physical units (bpm, ms): MAE, bias (mean of prediction − label), SD of error, N."""
+
+    mae: dict[str, float]
+    bias: dict[str, float]
+    sd: dict[str, float]
+    n: dict[str, int]
+    objective: float
+    predictions: np.ndarray | None = field(default=None, repr=False)
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        out: dict[str, float] = {f"{prefix}objective": self.objective}
+        for t in self.mae:
+            out[f"{prefix}mae_{t}"] = self.mae[t]
+            out[f"{prefix}bias_{t}"] = self.bias[t]
+            out[f"{prefix}sd_{t}"] = self.sd[t]
+        return out
+
+
+def errors_in_units(pred: np.ndarray, truth: np.ndarray, names: Sequence[str]) -> Evaluation:
+    mae, bias, sd, n = {}, {}, {}, {}
+    for j, t in enumerate(names):
+        ok = ~np.isnan(truth[:, j])
+        err = pred[ok, j].astype(np.float64) - truth[ok, j]
+        n[t] = int(ok.sum())
+        mae[t] = float(np.abs(err).mean()) if n[t] else float("nan")
+        bias[t] = float(err.mean()) if n[t] else float("nan")
+        sd[t] = float(err.std(ddof=1)) if n[t] > 1 else float("nan")
+    return Evaluation(mae, bias, sd, n, objective(mae), pred)
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    samples: int
+    seconds: float
+    lr: float
+
+
+class Trainer:
+    """Holds a model with its optimiser, schedule and target scaling for one training stage."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train: SplitArrays,
+        config: TrainConfig,
+        *,
+        device: str | torch.device = "auto",
+        standardizer: Standardizer | None = None,
+        resident: bool | None = None,
+    ):
+        self.config = config
+        self.device = pick_device(device) if isinstance(device, str) else device
+        self.targets = check_targets(train.target_names)
+        if self.targets != tuple(train.target_names):
+            raise ValueError(f"split targets {train.target_names} must be in canonical order {self.targets}")
+        self.standardizer = standardizer or Standardizer.fit(train.targets, self.targets)
+        self.model = model.to(self.device)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+        self.train_batches = Batches(train, self.device, resident)
+        self.amp = config.amp and self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.steps_per_epoch = self.train_batches.steps(config.batch_size, config.samples_per_epoch)
+        self.scheduler = _make_schedule(self.optimizer, config, self.steps_per_epoch)
+        self.epoch = 0  # epochs finished
+        self._mean, self._std = self.standardizer.tensors(self.device)
+
+    def train_epoch(self) -> EpochStats:
+        cfg = self.config
+        set_backbone_trainable(self.model, self.epoch >= cfg.freeze_backbone_epochs)
+        self.model.train()
+        t0, total, seen = time.perf_counter(), 0.0, 0
+        for x, y in self.train_batches.epoch(
+            cfg.batch_size, shuffle=True, seed=cfg.seed, epoch=self.epoch, limit=cfg.samples_per_epoch
+        ):
+            y = (y - self._mean) / self._std
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                pred = self.forward(x)
+            loss = masked_loss(pred.float(), y, cfg.loss, cfg.huber_delta)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            total += loss.item() * len(x)
+            seen += len(x)
+        self.epoch += 1
+        return EpochStats(total / max(seen, 1), seen, time.perf_counter() - t0, self.optimizer.param_groups[0]["lr"])
+
+    @torch.inference_mode()
+    def predict(self, batches: Batches) -> np.ndarray:
+        """Predictions in physical units for every ECG of `batches`, in split order."""
+        self.model.eval()
+        out = []
+        for x, _ in batches.epoch(self.config.eval_batch_size, shuffle=False):
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+                pred = self.forward(x)
+            out.append((pred.float() * self._std + self._mean).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, len(self.targets)), np.float32)
+
+    def evaluate(self, split: SplitArrays | Batches) -> Evaluation:
+        batches = split if isinstance(split, Batches) else Batches(split, self.device)
+        return errors_in_units(self.predict(batches), batches.targets.cpu().numpy(), self.targets)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume this stage after the last finished epoch."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "standardizer": self.standardizer.to_dict(),
+            "config": asdict(self.config),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if Standardizer.from_dict(state["standardizer"]) != self.standardizer:
+            raise ValueError("checkpoint was trained with other target statistics than this training split")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch = int(state["epoch"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def _make_schedule(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    total = max(cfg.epochs * steps_per_epoch, 1)
+    if cfg.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total + 1)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    warmup = int(cfg.warmup_fraction * total)
+
+    def cosine(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+
+
+def fit(
+    trainer: Trainer,
+    val: SplitArrays | Batches,
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> Evaluation:
+    """Train the remaining epochs of `trainer`, evaluating on `val` after each; return the last evaluation."""
+    val_batches = val if isinstance(val, Batches) else Batches(val, trainer.device)
+    evaluation = trainer.evaluate(val_batches)
+    while trainer.epoch < trainer.config.epochs:
+        stats = trainer.train_epoch()
+        evaluation = trainer.evaluate(val_batches)
+        if report is not None:
+            report({"epoch": trainer.epoch, "train_loss": stats.loss, "epoch_seconds": stats.seconds,
+                    "lr": stats.lr, **evaluation.metrics("val_")})
+    return evaluation
+
+
+def seed_everything(seed: int) -> None:
+    """Seeded and deterministic on CPU (CUDA kernels may still differ run to run)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# ---------------------------------------------------------------------------- transfer
+
+
+def backbone_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
+    head = {id(p) for p in model.head.parameters()}
+    return (p for p in model.parameters() if id(p) not in head)
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    """Freeze or thaw everything but the head (the study froze all but a new head)."""
+    for p in backbone_parameters(model):
+        p.requires_grad_(trainable)
+
+
+def load_backbone(model: nn.Module, pretrained: Mapping[str, torch.Tensor], keep_head: bool = False) -> list[str]:
+    """Copy pretrained weights into `model`; return the names loaded.
+
+    Every backbone tensor must be present and of the same shape — a
+    transfer that silently loads half a network is worse than an error.
+    The head is loaded only with `keep_head` (and only if shapes agree).
+    """
+    own = model.state_dict()
+    head_keys = {k for k in own if k.startswith("head.")}
+    missing = [k for k in own if k not in head_keys and k not in pretrained]
+    mismatched = [k for k in own if k in pretrained and k not in head_keys and pretrained[k].shape != own[k].shape]
+    if missing or mismatched:
+        raise ValueError(
+            f"pretrained state does not fit this model: missing {missing[:5]}, shape mismatch {mismatched[:5]}"
+        )
+    load = {k: v for k, v in pretrained.items() if k in own and k not in head_keys}
+    if keep_head:
+        load.update({k: pretrained[k] for k in head_keys if k in pretrained and pretrained[k].shape == own[k].shape})
+    model.load_state_dict(load, strict=False)
+    return sorted(load)
