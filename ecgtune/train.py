@@ -60,7 +60,9 @@ class TrainConfig:
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"invalid TrainConfig values: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}")
+            raise ValueError(
+                f"invalid TrainConfig values: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}"
+            )
         if self.schedule not in ("cosine", "onecycle", "constant"):
             raise ValueError(f"TrainConfig.schedule={self.schedule!r}; allowed: cosine, onecycle, constant")
         if self.loss not in ("l1", "huber"):
@@ -112,7 +114,9 @@ class Standardizer:
         return cls(tuple(d["names"]), tuple(d["mean"]), tuple(d["std"]))
 
 
-def masked_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", delta: float = 1.0) -> torch.Tensor:
+def masked_loss(
+    pred: torch.Tensor, target: torch.Tensor, kind: str = "l1", delta: float = 1.0
+) -> torch.Tensor:
     """Mean loss over labelled entries only: a NaN label silences that target for that ECG,
     while the ECG's other targets still train (PTB-XL+ tables have gaps)."""
     mask = ~torch.isnan(target)
@@ -255,7 +259,9 @@ class Trainer:
         self.forward = torch.compile(self.model) if config.compile else self.model
         self.train_batches = Batches(train, self.device, resident)
         self.amp = config.amp and self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        )
         self.steps_per_epoch = self.train_batches.steps(config.batch_size, config.samples_per_epoch)
         self.scheduler = _make_schedule(self.optimizer, config, self.steps_per_epoch)
         self.epoch = 0  # epochs finished
@@ -282,7 +288,9 @@ class Trainer:
             total += loss.item() * len(x)
             seen += len(x)
         self.epoch += 1
-        return EpochStats(total / max(seen, 1), seen, time.perf_counter() - t0, self.optimizer.param_groups[0]["lr"])
+        return EpochStats(
+            total / max(seen, 1), seen, time.perf_counter() - t0, self.optimizer.param_groups[0]["lr"]
+        )
 
     @torch.inference_mode()
     def predict(self, batches: Batches) -> np.ndarray:
@@ -352,8 +360,15 @@ def fit(
         stats = trainer.train_epoch()
         evaluation = trainer.evaluate(val_batches)
         if report is not None:
-            report({"epoch": trainer.epoch, "train_loss": stats.loss, "epoch_seconds": stats.seconds,
-                    "lr": stats.lr, **evaluation.metrics("val_")})
+            report(
+                {
+                    "epoch": trainer.epoch,
+                    "train_loss": stats.loss,
+                    "epoch_seconds": stats.seconds,
+                    "lr": stats.lr,
+                    **evaluation.metrics("val_"),
+                }
+            )
     return evaluation
 
 
@@ -378,7 +393,9 @@ def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
         p.requires_grad_(trainable)
 
 
-def load_backbone(model: nn.Module, pretrained: Mapping[str, torch.Tensor], keep_head: bool = False) -> list[str]:
+def load_backbone(
+    model: nn.Module, pretrained: Mapping[str, torch.Tensor], keep_head: bool = False
+) -> list[str]:
     """Copy pretrained weights into `model`; return the names loaded.
 
     Every backbone tensor must be present and of the same shape — a
@@ -388,13 +405,19 @@ def load_backbone(model: nn.Module, pretrained: Mapping[str, torch.Tensor], keep
     own = model.state_dict()
     head_keys = {k for k in own if k.startswith("head.")}
     missing = [k for k in own if k not in head_keys and k not in pretrained]
-    mismatched = [k for k in own if k in pretrained and k not in head_keys and pretrained[k].shape != own[k].shape]
-    if missing or mismatched:
+    unexpected = [k for k in pretrained if k not in own and not k.startswith("head.")]
+    mismatched = [
+        k for k in own if k in pretrained and k not in head_keys and pretrained[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
         raise ValueError(
-            f"pretrained state does not fit this model: missing {missing[:5]}, shape mismatch {mismatched[:5]}"
+            f"pretrained state does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+            f"shape mismatch {mismatched[:5]}"
         )
     load = {k: v for k, v in pretrained.items() if k in own and k not in head_keys}
     if keep_head:
-        load.update({k: pretrained[k] for k in head_keys if k in pretrained and pretrained[k].shape == own[k].shape})
+        load.update(
+            {k: pretrained[k] for k in head_keys if k in pretrained and pretrained[k].shape == own[k].shape}
+        )
     model.load_state_dict(load, strict=False)
     return sorted(load)

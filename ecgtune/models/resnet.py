@@ -112,7 +112,7 @@ class ResNet1d(nn.Module):
         stem_widths, stem_kernels, block_widths = tuple(stem_widths), tuple(stem_kernels), tuple(block_widths)
         if not stem_widths or len(stem_widths) != len(stem_kernels):
             raise ValueError(
-                f"stem_widths {stem_widths} and stem_kernels {stem_kernels} must be non-empty and of equal length"
+                f"stem_widths {stem_widths} and stem_kernels {stem_kernels} must be non-empty, equally long"
             )
         if not block_widths or block_widths[-1] != stem_widths[-1]:
             raise ValueError(
@@ -121,7 +121,11 @@ class ResNet1d(nn.Module):
             )
         if pool not in ("avg", "max", "none"):
             raise ValueError(f"pool must be 'avg', 'max' or 'none', got {pool!r}")
-        for knob, value in [("pool_size", pool_size), ("block_kernel", block_kernel), ("num_outputs", num_outputs)]:
+        for knob, value in [
+            ("pool_size", pool_size),
+            ("block_kernel", block_kernel),
+            ("num_outputs", num_outputs),
+        ]:
             if value < 1:
                 raise ValueError(f"{knob} must be >= 1, got {value}")
         if num_blocks < 0:

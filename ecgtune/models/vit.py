@@ -71,7 +71,11 @@ class Attention(nn.Module):
 class MLP(nn.Sequential):
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim), nn.Dropout(dropout)
+            nn.Linear(dim, hidden),
+            nn.GELU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
+            nn.Dropout(dropout),
         )
 
 
@@ -128,7 +132,9 @@ class ECGViT(nn.Module):
                 f"allowed patch_size values: {_divisors(signal_length)}"
             )
         if embed_dim < 1 or num_heads < 1 or embed_dim % num_heads != 0:
-            raise ValueError(f"embed_dim ({embed_dim}) must be a positive multiple of num_heads ({num_heads})")
+            raise ValueError(
+                f"embed_dim ({embed_dim}) must be a positive multiple of num_heads ({num_heads})"
+            )
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
         self.in_channels = in_channels
