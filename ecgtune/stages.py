@@ -1,0 +1,142 @@
+"""Pretrain on DeepFake, then fine-tune on PTB-XL: the two-stage run behind every trial and final training.
+
+`TwoStageRun` advances one epoch per `step()` across both stages, so a sweep
+has a single clock (`training_iteration`) that ASHA can cut anywhere, and a
+checkpoint after any epoch resumes exactly there.
+
+The objective is always measured on the PTB-XL validation fold. During
+pretraining the DeepFake-trained model predicts PTB-XL validation ECGs
+zero-shot (its DeepFake target statistics map outputs to bpm/ms): that costs
+one validation pass and measures exactly what pretraining is for — whether
+what was learnt holds on real ECGs — so ASHA can stop a trial whose
+pretraining does not transfer. (A linear probe would need a fit per epoch and
+says less about the network the fine-tuning stage will actually start from.)
+
+No Ray here: the trial adapter and final training drive it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ecgtune import __version__
+from ecgtune.data.store import ECGStore
+from ecgtune.models import build_model
+from ecgtune.spec import Spec, resolve_store
+from ecgtune.targets import check_targets
+from ecgtune.train import Batches, Trainer, load_backbone, pick_device
+
+STATE_FILE = "state.pt"
+META_FILE = "meta.json"
+
+
+class TwoStageRun:
+    def __init__(self, spec: Spec, device: str = "auto"):
+        self.spec = spec
+        self.device = pick_device(device)
+        self.targets = check_targets(spec.targets)
+        stages = spec.stages
+        self.pretrain_epochs = stages.pretrain.epochs if spec.data.pretrain is not None else 0
+        self.finetune_epochs = stages.finetune.epochs
+        self.total_epochs = self.pretrain_epochs + self.finetune_epochs
+        if self.total_epochs == 0:
+            raise ValueError("stages.pretrain.epochs + stages.finetune.epochs is 0: nothing to train")
+
+        # Only the train and val splits are ever opened here: the test fold belongs to final evaluation.
+        self.finetune_store = ECGStore(resolve_store(spec.data.finetune))
+        self.ptbxl_train = self.finetune_store.split("train", self.targets)
+        self.ptbxl_val = Batches(self.finetune_store.split("val", self.targets), self.device)
+        self.deepfake_val: Batches | None = None
+        if self.pretrain_epochs:
+            self.pretrain_store = ECGStore(resolve_store(spec.data.pretrain))
+            self.deepfake_train = self.pretrain_store.split("train", self.targets)
+            self.deepfake_val = Batches(self.pretrain_store.split("val", self.targets), self.device)
+
+        torch.manual_seed(spec.seed)
+        self.model = build_model({"name": spec.model.name, **spec.model.params, "num_outputs": len(self.targets)})
+        self.stage = "pretrain" if self.pretrain_epochs else "finetune"
+        self.trainer = self._make_trainer()
+
+    @property
+    def epochs_done(self) -> int:
+        done_before = self.pretrain_epochs if self.stage == "finetune" else 0
+        return done_before + self.trainer.epoch
+
+    @property
+    def done(self) -> bool:
+        return self.epochs_done >= self.total_epochs
+
+    def _make_trainer(self) -> Trainer:
+        if self.stage == "pretrain":
+            cfg = self.spec.stages.pretrain.train_config(self.spec.seed)
+            return Trainer(self.model, self.deepfake_train, cfg, device=self.device)
+        cfg = self.spec.stages.finetune.train_config(self.spec.seed + 1)
+        return Trainer(self.model, self.ptbxl_train, cfg, device=self.device)
+
+    def _start_finetuning(self) -> None:
+        """Switch stages: same backbone, a new head (unless transfer.keep_head), PTB-XL statistics."""
+        pretrained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model = build_model(
+            {"name": self.spec.model.name, **self.spec.model.params, "num_outputs": len(self.targets)}
+        )
+        load_backbone(self.model, pretrained, keep_head=self.spec.stages.transfer.keep_head)
+        self.stage = "finetune"
+        self.trainer = self._make_trainer()
+
+    def step(self) -> dict[str, Any]:
+        """Train one epoch of the current stage and return the metrics of that epoch."""
+        if self.done:
+            raise RuntimeError("all epochs are done")
+        if self.stage == "pretrain" and self.trainer.epoch >= self.pretrain_epochs:
+            self._start_finetuning()
+        stats = self.trainer.train_epoch()
+        stage, stage_epoch = self.stage, self.trainer.epoch
+        ptbxl = self.trainer.evaluate(self.ptbxl_val)
+        metrics: dict[str, Any] = {
+            "objective": ptbxl.objective,
+            "stage": stage,
+            "stage_epoch": stage_epoch,
+            "epoch": self.epochs_done,
+            "total_epochs": self.total_epochs,
+            "train_loss": stats.loss,
+            "train_seconds": stats.seconds,
+            "train_ecgs_per_s": stats.samples / max(stats.seconds, 1e-9),
+            **ptbxl.metrics("ptbxl_val_"),
+        }
+        if self.deepfake_val is not None:
+            metrics.update(self.trainer.evaluate(self.deepfake_val).metrics("deepfake_val_"))
+        if self.stage == "pretrain" and self.trainer.epoch >= self.pretrain_epochs and not self.done:
+            self._start_finetuning()
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, directory: str | Path) -> None:
+        """Weights, optimiser and schedule state (state.pt) plus human-readable metadata (meta.json)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save({"stage": self.stage, "trainer": self.trainer.state_dict()}, directory / STATE_FILE)
+        (directory / META_FILE).write_text(json.dumps(self.metadata(), indent=2))
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "model": {"name": self.spec.model.name, **self.spec.model.params, "num_outputs": len(self.targets)},
+            "targets": list(self.targets),
+            "standardizer": self.trainer.standardizer.to_dict(),
+            "stage": self.stage,
+            "epochs_done": self.epochs_done,
+            "finetune_store_key": self.finetune_store.key,
+            "ecgtune_version": __version__,
+        }
+
+    def load(self, directory: str | Path) -> None:
+        """Resume after the last epoch saved in `directory`."""
+        state = torch.load(Path(directory) / STATE_FILE, map_location=self.device, weights_only=True)
+        if state["stage"] != self.stage:
+            self.stage = state["stage"]
+            self.trainer = self._make_trainer()
+        self.trainer.load_state_dict(state["trainer"])
