@@ -57,7 +57,9 @@ class TwoStageRun:
             self.deepfake_val = Batches(self.pretrain_store.split("val", self.targets), self.device)
 
         torch.manual_seed(spec.seed)
-        self.model = build_model({"name": spec.model.name, **spec.model.params, "num_outputs": len(self.targets)})
+        self.model = build_model(
+            {"name": spec.model.name, **spec.model.params, "num_outputs": len(self.targets)}
+        )
         self.stage = "pretrain" if self.pretrain_epochs else "finetune"
         self.trainer = self._make_trainer()
 
@@ -124,7 +126,11 @@ class TwoStageRun:
 
     def metadata(self) -> dict[str, Any]:
         return {
-            "model": {"name": self.spec.model.name, **self.spec.model.params, "num_outputs": len(self.targets)},
+            "model": {
+                "name": self.spec.model.name,
+                **self.spec.model.params,
+                "num_outputs": len(self.targets),
+            },
             "targets": list(self.targets),
             "standardizer": self.trainer.standardizer.to_dict(),
             "stage": self.stage,

@@ -1,0 +1,5 @@
+import sys
+
+from ecgtune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""One trial, as a plain Ray Tune function trainable: build, pretrain, fine-tune, report each epoch.
+
+The driver (`ecgtune.search`) passes `config = {"spec": <Spec as dict>, <sampled params>...}`
+or `{"spec": ..., "variant": name}`. Everything the trial does lives in
+`ecgtune.stages.TwoStageRun`; this file only adapts it to Tune: resume from
+`tune.get_checkpoint()`, one `tune.report(metrics, checkpoint=...)` per epoch,
+and dashboard metrics.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+from ray.util.metrics import Gauge
+
+from ecgtune.spec import Spec, apply_params, apply_variant
+from ecgtune.stages import TwoStageRun
+from ecgtune.targets import TARGET_NAMES
+
+# Failure injection for fault-tolerance tests: "EPOCH" raises once when that epoch is reached
+# (the retry, restored from its checkpoint, goes on); "EPOCH:always" raises every time.
+FAIL_AT_EPOCH_ENV = "ECGTUNE_FAIL_AT_EPOCH"
+
+
+def trial_spec(config: dict[str, Any]) -> Spec:
+    """The standalone training config of one trial: the sweep spec with this trial's choices applied."""
+    spec = Spec.model_validate(config["spec"])
+    if "variant" in config:
+        return apply_variant(spec, config["variant"])
+    space = spec.search.space if spec.search else {}
+    return apply_params(spec, {k: v for k, v in config.items() if k in space})
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    spec = trial_spec(config)
+    # Torch would otherwise start one thread per host core in every trial: oversubscribed
+    # CPUs slow each trial many times over when trials share a node.
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    run = TwoStageRun(spec)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            run.load(d)
+    gauges = _DashboardGauges(config["spec"]["name"], tune.get_context().get_trial_id())
+    node_id = ray.get_runtime_context().get_node_id()
+    while not run.done:
+        _maybe_fail(run.epochs_done + 1)
+        metrics = run.step()
+        metrics["node_id"] = node_id
+        gauges.update(metrics)
+        with tempfile.TemporaryDirectory() as d:
+            run.save(d)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _maybe_fail(epoch: int) -> None:
+    rule = os.environ.get(FAIL_AT_EPOCH_ENV)
+    if not rule:
+        return
+    at, _, mode = rule.partition(":")
+    if epoch != int(at):
+        return
+    if mode == "always" or _first_attempt():
+        raise RuntimeError(f"injected failure at epoch {epoch} ({FAIL_AT_EPOCH_ENV}={rule})")
+
+
+def _first_attempt() -> bool:
+    # A marker in the trial directory (it outlives the worker process) tells a retry from the first attempt.
+    marker = os.path.join(tune.get_context().get_trial_dir(), ".ecgtune-injected-failure")
+    if os.path.exists(marker):
+        return False
+    open(marker, "w").close()
+    return True
+
+
+class _DashboardGauges:
+    """Per-trial series for the Ray dashboard's Prometheus/Grafana view (Tune itself exports none)."""
+
+    def __init__(self, sweep: str, trial_id: str):
+        self.tags = {"sweep": sweep, "trial": trial_id}
+        keys = ("sweep", "trial")
+        self.objective = Gauge("ecgtune_trial_objective", "PTB-XL validation objective", keys)
+        self.epoch = Gauge("ecgtune_trial_epoch", "epochs finished (both stages)", keys)
+        self.stage = Gauge(
+            "ecgtune_trial_stage", "0 = pretraining on DeepFake, 1 = fine-tuning on PTB-XL", keys
+        )
+        self.mae = Gauge("ecgtune_trial_val_mae", "PTB-XL validation MAE (bpm or ms)", (*keys, "target"))
+
+    def update(self, metrics: dict[str, Any]) -> None:
+        self.objective.set(metrics["objective"], self.tags)
+        self.epoch.set(metrics["epoch"], self.tags)
+        self.stage.set(0 if metrics["stage"] == "pretrain" else 1, self.tags)
+        for t in TARGET_NAMES:
+            if f"ptbxl_val_mae_{t}" in metrics:
+                self.mae.set(metrics[f"ptbxl_val_mae_{t}"], {**self.tags, "target": t})
