@@ -1,0 +1,94 @@
+"""The two-stage run: pretrain -> fine-tune on one clock, transfer, resume, and the test fold untouched."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from synthetic import write_synthetic_store
+
+from ecgtune.spec import DataSpec, ModelSpec, Spec, StageSpec, StagesSpec, StoreSpec
+from ecgtune.stages import TwoStageRun
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    write_synthetic_store(root / "deepfake", 40, seed=0, source="deepfake")
+    write_synthetic_store(root / "ptbxl", 30, seed=1, gain=1.5, source="ptbxl")
+    # Trials must never read the test fold: without its file any attempt to read it fails.
+    (root / "ptbxl" / "test.i16").unlink()
+    return root
+
+
+def make_spec(root, pretrain_epochs=2, finetune_epochs=2, **finetune) -> Spec:
+    return Spec(
+        name="t",
+        model=ModelSpec(name="resnet_tiny", params={"num_blocks": 1}),
+        targets=["hr", "qt"],
+        data=DataSpec(
+            pretrain=StoreSpec(path=str(root / "deepfake")), finetune=StoreSpec(path=str(root / "ptbxl"))
+        ),
+        stages=StagesSpec(
+            pretrain=StageSpec(epochs=pretrain_epochs, batch_size=8),
+            finetune=StageSpec(epochs=finetune_epochs, batch_size=8, **finetune),
+        ),
+    )
+
+
+def test_one_clock_across_both_stages_with_both_datasets_reported(stores):
+    run = TwoStageRun(make_spec(stores), device="cpu")
+    reports = []
+    while not run.done:
+        reports.append(run.step())
+    assert [r["stage"] for r in reports] == ["pretrain", "pretrain", "finetune", "finetune"]
+    assert [r["epoch"] for r in reports] == [1, 2, 3, 4]
+    assert all(r["total_epochs"] == 4 for r in reports)
+    for r in reports:
+        assert math.isfinite(r["objective"])
+        assert {"ptbxl_val_mae_hr", "ptbxl_val_mae_qt", "deepfake_val_mae_hr", "deepfake_val_mae_qt"} <= set(
+            r
+        )
+        assert "ptbxl_val_mae_pr" not in r  # only the chosen targets
+
+
+def test_finetuning_starts_from_the_pretrained_backbone_with_a_new_head(stores):
+    run = TwoStageRun(make_spec(stores, pretrain_epochs=1), device="cpu")
+    run.step()
+    pretrained = {k: v.clone() for k, v in run.trainer.model.state_dict().items()}
+    # run.step() switched to fine-tuning after the last pretraining epoch: same backbone, PTB-XL statistics.
+    assert run.stage == "finetune"
+    now = run.model.state_dict()
+    backbone = [k for k in now if not k.startswith("head.")]
+    assert all(torch.equal(now[k], pretrained[k]) for k in backbone)
+    ptbxl_train_mean = run.ptbxl_train.targets.mean(axis=0)
+    assert run.trainer.standardizer.mean == pytest.approx(tuple(ptbxl_train_mean), rel=1e-5)
+
+
+@pytest.mark.parametrize("stop_after", [1, 2, 3])
+def test_resume_mid_stage_or_at_the_boundary_repeats_nothing(stores, tmp_path, stop_after):
+    spec = make_spec(stores)
+    straight = TwoStageRun(spec, device="cpu")
+    expected = [straight.step() for _ in range(4)]
+
+    first = TwoStageRun(spec, device="cpu")
+    for _ in range(stop_after):
+        first.step()
+    first.save(tmp_path / "ckpt")
+    resumed = TwoStageRun(spec, device="cpu")
+    resumed.load(tmp_path / "ckpt")
+    assert resumed.epochs_done == stop_after
+    rest = []
+    while not resumed.done:
+        rest.append(resumed.step())
+    assert [r["epoch"] for r in rest] == list(range(stop_after + 1, 5))
+    for got, want in zip(rest, expected[stop_after:], strict=True):
+        assert got["objective"] == pytest.approx(want["objective"], rel=1e-5)
+
+
+def test_finetune_only_run_skips_pretraining(stores):
+    spec = make_spec(stores, pretrain_epochs=0, finetune_epochs=1)
+    run = TwoStageRun(spec, device="cpu")
+    r = run.step()
+    assert r["stage"] == "finetune" and run.done and "deepfake_val_objective" not in r
