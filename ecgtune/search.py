@@ -23,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.metrics import Gauge
 
-from ecgtune.spec import Spec, StoreSpec, load_spec, resolve_store, sample_params
+from ecgtune.spec import Spec, StoreSpec, load_spec, make_sampler, resolve_store
 from ecgtune.targets import TARGETS, check_targets
 from ecgtune.trial import run_trial
 
@@ -93,16 +93,6 @@ class SweepGauges(tune.Callback):
         self._publish()
 
 
-class SpaceSampler:
-    """Define-by-run space for OptunaSearch; a class, not a lambda, so the searcher pickles for resume."""
-
-    def __init__(self, space: dict[str, Any]):
-        self.space = space
-
-    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
-        return sample_params(trial, self.space)
-
-
 @dataclass
 class SweepResult:
     experiment_path: str
@@ -163,7 +153,7 @@ def build_tuner(
             else optuna.samplers.RandomSampler(seed=search.searcher.seed)
         )
         searcher = PruneAwareOptunaSearch(
-            space=SpaceSampler(dict(search.space)),
+            space=make_sampler(spec),  # picklable (resume re-loads the searcher)
             metric=METRIC,
             mode=MODE,
             sampler=sampler,

@@ -1,7 +1,21 @@
-"""Shared test settings."""
+"""Shared test settings: quiet CPU threading, and Ray kept on loopback with its own auth token."""
+
+from __future__ import annotations
+
+import os
+import tempfile
 
 import torch
 
-# Two cores are shared with Ray workers and helper processes in some tests: one intra-op thread
-# keeps CPU timing predictable and avoids OpenMP oversubscription stalls.
+# Two cores are shared with Ray workers in some tests: one intra-op thread keeps CPU timing
+# predictable and avoids OpenMP oversubscription stalls.
 torch.set_num_threads(1)
+
+# Ray 2.60 on these machines (see shared/notes/ray-2.60-on-these-machines.md): this setting makes
+# every Ray socket bind 127.0.0.1; token auth is on by default, so tests use a token file of their own.
+_RAY_TMP = tempfile.mkdtemp(prefix="ecgtune-ray-")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN_PATH", os.path.join(_RAY_TMP, "auth_token"))
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")

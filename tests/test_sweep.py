@@ -1,0 +1,143 @@
+"""End-to-end sweeps on a local Ray (loopback, 2 CPUs): TPE + ASHA, pruned trials, driver resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from synthetic import write_synthetic_store
+
+from ecgtune.spec import load_spec
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+MAX_EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stores")
+    write_synthetic_store(root / "deepfake", 40, seed=0, source="deepfake")
+    write_synthetic_store(root / "ptbxl", 30, seed=1, gain=1.5, source="ptbxl")
+    # The sweep must never read PTB-XL's test fold: without its file, any attempt fails the trial.
+    (root / "ptbxl" / "test.i16").unlink()
+    return root
+
+
+def write_spec(path: Path, stores: Path, storage: Path, num_samples: int = 8, concurrent: int = 1) -> Path:
+    spec = {
+        "name": "sweeptest",
+        "model": {"name": "resnet_tiny", "params": {"stem_widths": [8, 8], "block_widths": [8, 8]}},
+        "targets": ["hr", "pr", "qrs", "qt"],
+        "data": {"pretrain": {"path": str(stores / "deepfake")}, "finetune": {"path": str(stores / "ptbxl")}},
+        "stages": {
+            "pretrain": {"epochs": 1, "batch_size": 8},
+            "finetune": {"epochs": MAX_EPOCHS - 1, "batch_size": 8},
+        },
+        "search": {
+            "space": {
+                "model.num_blocks": {"type": "int", "low": 1, "high": 3},
+                "finetune.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+            },
+            "num_samples": num_samples,
+            "max_concurrent_trials": concurrent,
+            "searcher": {"seed": 0, "n_startup_trials": 3},
+            "asha": {"grace_period": 1, "reduction_factor": 2},
+        },
+        "resources": {"cpu": 1, "gpu": 0},
+        "run": {"storage_path": str(storage), "max_failures": 0, "checkpoints_kept": 1},
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_smoke_sweep_asha_stops_trials_and_tpe_sees_them_pruned(stores, tmp_path):
+    import ray
+
+    from ecgtune.search import run_sweep
+    from ecgtune.spec import apply_params
+
+    spec_file = write_spec(tmp_path / "spec.yaml", stores, tmp_path / "runs")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        result = run_sweep(spec_file)
+    finally:
+        ray.shutdown()
+    s = result.summary
+    trials = s["trials"]
+    assert len(trials) == 8
+    assert not [t for t in trials if t["status"] == "error"], [t["error"] for t in trials]
+    stopped = [t for t in trials if t["status"] == "stopped"]
+    finished = [t for t in trials if t["status"] == "finished"]
+    assert stopped, "ASHA stopped no trial before max_t"
+    assert all(t["epochs"] < MAX_EPOCHS for t in stopped)
+    assert all(t["epochs"] == MAX_EPOCHS for t in finished)
+    # TPE was told the truth: every ASHA-stopped trial is PRUNED, not COMPLETE with a low-fidelity value.
+    assert s["optuna_states"] == {"complete": len(finished), "pruned": len(stopped)}
+    # The best result is a finished trial whose config, applied to the spec, is a complete training config.
+    best = s["best"]
+    assert best["status"] == "finished"
+    assert set(best["config"]) >= {"model.num_blocks", "finetune.lr"}
+    standalone = apply_params(load_spec(spec_file), best["config"])
+    assert (
+        standalone.search is None
+        and standalone.model.params["num_blocks"] == best["config"]["model.num_blocks"]
+    )
+    assert all(v is not None for v in best["ptbxl_val_mae"].values())
+    written = json.loads((Path(result.experiment_path) / "summary.json").read_text())
+    assert written["best"]["trial_id"] == best["trial_id"]
+
+
+def _trials_with_results(experiment: Path) -> dict[str, int]:
+    """trial dir -> number of epochs reported so far (lines of result.json)."""
+    out = {}
+    for f in experiment.glob("*/result.json"):
+        out[f.parent.name] = sum(1 for line in f.read_text().splitlines() if line.strip())
+    return out
+
+
+def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(stores, tmp_path):
+    storage = tmp_path / "runs"
+    spec_file = write_spec(tmp_path / "spec.yaml", stores, storage, num_samples=5)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "ecgtune", "sweep", str(spec_file)]
+    driver = subprocess.Popen(
+        cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 240
+    experiment = None
+    try:
+        while time.time() < deadline:
+            time.sleep(1)
+            runs = list(storage.glob("sweeptest-*"))
+            if runs:
+                experiment = runs[0]
+                done = [n for n in _trials_with_results(experiment).values() if n >= 1]
+                if len(done) >= 2:
+                    break
+        else:
+            pytest.fail("the sweep did not get going within 240 s")
+    finally:
+        # SIGKILL the whole process group: the driver and the local Ray it started.
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = _trials_with_results(experiment)
+    finished_before = {name for name, n in before.items() if n >= MAX_EPOCHS}
+
+    resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    after = _trials_with_results(experiment)
+    summary = json.loads((experiment / "summary.json").read_text())
+    ids = [t["trial_id"] for t in summary["trials"]]
+    assert len(ids) == len(set(ids)) == 5
+    # A trial that had finished before the kill did not run again.
+    for name in finished_before:
+        assert after[name] == before[name]
+    assert all(n <= MAX_EPOCHS for n in after.values())
