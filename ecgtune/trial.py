@@ -18,7 +18,7 @@ import torch
 from ray import tune
 from ray.util.metrics import Gauge
 
-from ecgtune.spec import Spec, apply_params, apply_variant
+from ecgtune.spec import Spec, apply_params, apply_variant, trial_params
 from ecgtune.stages import TwoStageRun
 from ecgtune.targets import TARGET_NAMES
 
@@ -32,8 +32,7 @@ def trial_spec(config: dict[str, Any]) -> Spec:
     spec = Spec.model_validate(config["spec"])
     if "variant" in config:
         return apply_variant(spec, config["variant"])
-    space = spec.search.space if spec.search else {}
-    return apply_params(spec, {k: v for k, v in config.items() if k in space})
+    return apply_params(spec, trial_params(spec.search.space if spec.search else {}, config))
 
 
 def run_trial(config: dict[str, Any]) -> None:

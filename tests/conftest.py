@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 
 import torch
@@ -16,6 +17,9 @@ torch.set_num_threads(1)
 _RAY_TMP = tempfile.mkdtemp(prefix="ecgtune-ray-")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
-os.environ.setdefault("RAY_AUTH_TOKEN_PATH", os.path.join(_RAY_TMP, "auth_token"))
+if "RAY_AUTH_TOKEN_PATH" not in os.environ:
+    os.environ["RAY_AUTH_TOKEN_PATH"] = os.path.join(_RAY_TMP, "auth_token")
+    with open(os.environ["RAY_AUTH_TOKEN_PATH"], "w") as f:
+        f.write(secrets.token_hex(32))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
