@@ -31,7 +31,7 @@ import pandas as pd
 from ecgtune.data.store import ECGStore, content_key
 
 N_DEEPFAKE = 640
-N_PTBXL = 240
+N_PTBXL = 200
 SEED = 0
 DEMO_VERSION = 1  # bump when the recipe below changes, so cached demo stores rebuild
 
