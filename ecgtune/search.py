@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pyarrow.fs
 import ray
+import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -99,6 +101,11 @@ class SweepResult:
     summary: dict[str, Any]
 
 
+def trial_name(trial: Any) -> str:
+    # Tune's default name packs the whole (nested) spec into the directory name.
+    return f"trial_{trial.trial_id}"
+
+
 def total_epochs(spec: Spec) -> int:
     return (
         spec.stages.pretrain.epochs if spec.data.pretrain is not None else 0
@@ -177,6 +184,8 @@ def build_tuner(
             scheduler=scheduler,
             num_samples=num_samples,
             max_concurrent_trials=max_concurrent,
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
         ),
         run_config=tune.RunConfig(
             name=experiment_name,
@@ -274,12 +283,21 @@ def summarize(
 
 
 def _write_summary(experiment_path: str, spec: Spec, summary: dict[str, Any]) -> None:
+    """summary.json and the resolved spec.yaml beside Tune's results (local path or pyarrow URI)."""
+    files = {
+        SUMMARY_FILE: json.dumps(summary, indent=2, default=str),
+        SPEC_FILE: yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
+    }
     if "://" in experiment_path:
-        return  # remote storage: the report reads results from there; nothing to add locally
-    path = Path(experiment_path)
-    tmp = path / f".{SUMMARY_FILE}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str))
-    tmp.rename(path / SUMMARY_FILE)
+        fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path)
+        for name, text in files.items():
+            with fs.open_output_stream(f"{root}/{name}") as f:
+                f.write(text.encode())
+        return
+    for name, text in files.items():
+        tmp = Path(experiment_path) / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.rename(Path(experiment_path) / name)  # readers never see half a file
 
 
 def format_summary(summary: dict[str, Any], top: int = 5) -> str:

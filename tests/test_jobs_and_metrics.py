@@ -87,7 +87,7 @@ def test_ray_job_submit_runs_the_sweep_to_success(head_node, stores, tmp_path): 
     submit = [
         RAY, "job", "submit", "--address", head_node, "--working-dir", str(REPO),
         "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"),
-        "--", "python", "-m", "ecgtune", "sweep", str(spec_file), "--storage-path", str(storage),
+        "--", sys.executable, "-m", "ecgtune", "sweep", str(spec_file), "--storage-path", str(storage),
     ]  # fmt: skip
     out = subprocess.run(submit, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
