@@ -137,6 +137,22 @@ def _latest_experiment(storage: str, name: str) -> str:
     return str(candidates[-1].parent)
 
 
+def progress_table(spec: Spec) -> tune.CLIReporter:
+    """A compact console table: searched values, stage, epoch and per-target MAE — not the whole spec."""
+    if spec.variants:
+        params = ["variant"]
+    else:
+        params = [k for k, d in (spec.search.space if spec.search else {}).items() if d.type != "same_as"]
+    metrics = {"stage": "stage", "epoch": "epoch", METRIC: METRIC}
+    metrics.update({f"ptbxl_val_mae_{t}": f"{TARGETS[t].title} {TARGETS[t].unit}" for t in spec.targets})
+    return tune.CLIReporter(
+        parameter_columns={p: p.split(".", 1)[-1] for p in params},
+        metric_columns=metrics,
+        max_report_frequency=30,
+        sort_by_metric=True,
+    )
+
+
 def build_tuner(
     spec: Spec, storage: str, experiment_name: str
 ) -> tuple[tune.Tuner, PruneAwareOptunaSearch | None]:
@@ -193,6 +209,7 @@ def build_tuner(
             failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.run.checkpoints_kept),
             callbacks=[SweepGauges(spec.name)],
+            progress_reporter=progress_table(spec),
             verbose=1,
         ),
     )
@@ -209,6 +226,8 @@ def run_sweep(
     """Run (or, with `resume` = an experiment path or "latest", continue) the sweep of a spec file."""
     spec = load_spec(spec_path)
     storage = _storage_path(spec, storage_path)
+    # Ray's newer console output ignores a custom reporter and prints each trial's whole config.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     _init_ray(address)
     started = time.time()
     if resume:
@@ -236,6 +255,10 @@ def _init_ray(address: str | None) -> None:
         return
     # Under `ray job submit`, RAY_ADDRESS points at the cluster; otherwise start a local Ray.
     address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # A local Ray for one machine: keep every Ray socket on 127.0.0.1 (Ray 2.60 otherwise listens on
+        # the machine's interfaces, and its job API runs code for anyone who reaches it).
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(address=address, include_dashboard=None if address else False, log_to_driver=False)
 
 
