@@ -1193,3 +1193,15 @@ __all__ = [
     "spec_from_dict",
     "trial_params",
 ]
+
+
+def content_key_of_spec(spec: Spec) -> str:
+    """What a trained model depends on besides its data: model, targets, stages, seed.
+
+    Names, resources, storage, search and provenance do not change the trained model; the data
+    is keyed separately by each store's own content key.
+    """
+    from ecgtune.data.store import content_key
+
+    d = spec.model_dump(mode="json")
+    return content_key({k: d[k] for k in ("model", "targets", "stages", "seed")})

@@ -1,0 +1,265 @@
+"""Final training from a standalone config, then the one and only evaluation on the PTB-XL test fold.
+
+    ecgtune train best.yaml -o final/     # pretrain -> fine-tune with early stopping -> test once
+
+This is the only module that reads a test split. Each test evaluation is
+recorded in a ledger beside the fine-tuning store (`test-evaluations.jsonl`);
+a second evaluation of the same config on the same data is refused unless
+forced, so the test fold stays a test fold.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ecgtune import __version__
+from ecgtune.data.store import ECGStore
+from ecgtune.spec import Spec, content_key_of_spec, resolve_store
+from ecgtune.stages import TwoStageRun
+from ecgtune.targets import MICROVOLTS_PER_MILLIVOLT, TARGETS
+from ecgtune.train import errors_in_units
+
+LEDGER_FILE = "test-evaluations.jsonl"
+MODEL_WEIGHTS = "model.pt"
+MODEL_META = "model.json"
+BOOTSTRAP_SAMPLES = 2000
+
+
+class TestFoldAlreadyUsed(RuntimeError):
+    """The test fold of this store was already used to evaluate this config."""
+
+
+@dataclass
+class FinalResult:
+    out_dir: Path
+    test: dict[str, Any]
+    best_epoch: int
+
+
+def _ledger(store: ECGStore) -> Path:
+    return store.path / LEDGER_FILE
+
+
+def previous_evaluations(spec: Spec, store: ECGStore) -> list[dict[str, Any]]:
+    ledger, key = _ledger(store), content_key_of_spec(spec)
+    if not ledger.is_file():
+        return []
+    entries = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
+    return [e for e in entries if e["config_key"] == key and e["store_key"] == store.key]
+
+
+def train_final(
+    spec: Spec, out_dir: str | Path, *, patience: int = 5, force: bool = False, device: str = "auto"
+):
+    """Train `spec` (pretraining, then fine-tuning with early stopping on validation), then test once."""
+    out_dir = Path(out_dir)
+    store = ECGStore(resolve_store(spec.data.finetune))
+    earlier = previous_evaluations(spec, store)
+    if earlier and not force:
+        when = ", ".join(e["time"] for e in earlier)
+        raise TestFoldAlreadyUsed(
+            f"this config was already evaluated on the test fold of {store.path} ({when}; "
+            f"see {_ledger(store)}). Every further look at the test fold biases it; "
+            "pass --force to evaluate again anyway."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = TwoStageRun(spec, device=device)
+    history, best_objective, best_epoch, since_best = [], float("inf"), 0, 0
+    best_dir = out_dir / "best"
+    while not run.done:
+        metrics = run.step()
+        history.append(metrics)
+        print(
+            f"epoch {metrics['epoch']}/{metrics['total_epochs']} {metrics['stage']:<8} "
+            f"objective {metrics['objective']:.3f}  "
+            + "  ".join(f"{TARGETS[t].title} {metrics[f'ptbxl_val_mae_{t}']:.1f}" for t in run.targets),
+            flush=True,
+        )
+        if metrics["stage"] != "finetune" or run.stage != "finetune":
+            continue  # early stopping watches the fine-tuning stage, the model that will be tested
+        if metrics["objective"] < best_objective:
+            best_objective, best_epoch, since_best = metrics["objective"], metrics["epoch"], 0
+            save_model(run, best_dir)
+        else:
+            since_best += 1
+            if since_best >= patience:
+                print(f"early stop: no validation improvement for {patience} epochs", flush=True)
+                break
+    if best_epoch == 0:  # no fine-tuning stage (DeepFake only): test the last model
+        save_model(run, best_dir)
+        best_epoch = run.epochs_done
+    (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+    test = evaluate_on_test_fold(spec, best_dir, store, out_dir, device=device)
+    for name in (MODEL_WEIGHTS, MODEL_META):
+        shutil.copy(best_dir / name, out_dir / name)
+    return FinalResult(out_dir, test, best_epoch)
+
+
+def save_model(run: TwoStageRun, directory: Path) -> None:
+    """Weights (loaded weights-only) plus the metadata needed to rebuild and use them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.save(run.model.state_dict(), directory / MODEL_WEIGHTS)
+    (directory / MODEL_META).write_text(
+        json.dumps({**run.metadata(), "spec": run.spec.model_dump(mode="json")})
+    )
+
+
+def load_model(directory: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    from ecgtune.models import build_model
+
+    directory = Path(directory)
+    meta = json.loads((directory / MODEL_META).read_text())
+    model = build_model(meta["model"])
+    model.load_state_dict(torch.load(directory / MODEL_WEIGHTS, map_location=device, weights_only=True))
+    return model.to(device).eval(), meta
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, meta: dict[str, Any], signals: np.ndarray) -> np.ndarray:
+    """(n, 8, 5000) int16 µV or float mV -> (n, k) predictions in physical units (bpm, ms)."""
+    scale = 1.0 / MICROVOLTS_PER_MILLIVOLT if signals.dtype == np.int16 else 1.0
+    mean = torch.tensor(meta["standardizer"]["mean"])
+    std = torch.tensor(meta["standardizer"]["std"])
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(signals), 256):
+        x = torch.as_tensor(np.asarray(signals[start : start + 256]), device=device).float() * scale
+        out.append(model(x).float().cpu() * std + mean)
+    if not out:
+        return np.zeros((0, len(meta["targets"])), dtype=np.float32)
+    return torch.cat(out).numpy()
+
+
+def bootstrap_ci(errors: np.ndarray, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """95% percentile-bootstrap intervals of MAE, bias and SD of `errors` (prediction − label)."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(errors), size=(BOOTSTRAP_SAMPLES, len(errors)))
+    samples = errors[idx]
+    stats = {
+        "mae": np.abs(samples).mean(axis=1),
+        "bias": samples.mean(axis=1),
+        "sd": samples.std(axis=1, ddof=1),
+    }
+    return {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in stats.items()}
+
+
+def evaluate_on_test_fold(spec: Spec, model_dir: Path, store: ECGStore, out_dir: Path, device: str = "auto"):
+    model, meta = load_model(
+        model_dir, device="cuda" if device != "cpu" and torch.cuda.is_available() else "cpu"
+    )
+    targets = tuple(meta["targets"])
+    test = store.split("test", targets)  # the only read of a test split in ecgtune
+    truth = test.targets
+    pred = predict(model, meta, test.signals)
+    ev = errors_in_units(pred, truth, targets)
+    per_target = {}
+    for j, t in enumerate(targets):
+        ok = ~np.isnan(truth[:, j])
+        err = pred[ok, j].astype(np.float64) - truth[ok, j]
+        per_target[t] = {
+            "unit": TARGETS[t].unit,
+            "n": int(ok.sum()),
+            "mae": ev.mae[t],
+            "bias": ev.bias[t],
+            "sd": ev.sd[t],
+            "ci95": bootstrap_ci(err, seed=spec.seed) if ok.sum() > 1 else None,
+            "tolerance": TARGETS[t].tolerance,
+            "within_tolerance_sd": bool(ev.sd[t] <= TARGETS[t].tolerance) if ok.sum() > 1 else None,
+        }
+    plots = bland_altman(pred, truth, targets, out_dir)
+    evaluated_before = previous_evaluations(spec, store)
+    result = {
+        "statement": (
+            "First and only evaluation of this config on this test fold."
+            if not evaluated_before
+            else f"Forced re-evaluation: this config was evaluated on this test fold {len(evaluated_before)} "
+            "time(s) before; these numbers are no longer an unbiased test estimate."
+        ),
+        "config_key": content_key_of_spec(spec),
+        "store": str(store.path),
+        "store_key": store.key,
+        "split": "test",
+        "n_ecgs": len(test),
+        "objective": ev.objective,
+        "targets": per_target,
+        "plots": [p.name for p in plots],
+        "ecgtune_version": __version__,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (out_dir / "test_result.json").write_text(json.dumps(result, indent=2))
+    (out_dir / "test_report.md").write_text(format_test_report(result))
+    with open(_ledger(store), "a") as f:
+        f.write(
+            json.dumps({k: result[k] for k in ("config_key", "store_key", "time")} | {"out": str(out_dir)})
+            + "\n"
+        )
+    return result
+
+
+def bland_altman(pred: np.ndarray, truth: np.ndarray, targets: tuple[str, ...], out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for j, t in enumerate(targets):
+        ok = ~np.isnan(truth[:, j])
+        if ok.sum() < 2:
+            continue
+        mean = (pred[ok, j] + truth[ok, j]) / 2
+        diff = pred[ok, j] - truth[ok, j]
+        bias, sd = diff.mean(), diff.std(ddof=1)
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+        ax.scatter(mean, diff, s=10, alpha=0.6)
+        ax.axhline(bias, color="k", label=f"bias {bias:.1f}")
+        for sign in (-1, 1):
+            ax.axhline(bias + sign * 1.96 * sd, color="k", ls="--")
+        ax.axhspan(-TARGETS[t].tolerance, TARGETS[t].tolerance, color="g", alpha=0.1, label="± tolerance")
+        unit = TARGETS[t].unit
+        ax.set(
+            xlabel=f"mean of prediction and label ({unit})",
+            ylabel=f"prediction − label ({unit})",
+            title=f"{TARGETS[t].title}: Bland–Altman, PTB-XL test fold (n={ok.sum()})",
+        )
+        ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"bland_altman_{t}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def format_test_report(result: dict[str, Any]) -> str:
+    lines = [
+        "# Test-fold evaluation",
+        "",
+        f"**{result['statement']}**",
+        "",
+        f"Store `{result['store']}` (key {result['store_key']}), split `test`, {result['n_ecgs']} ECGs; "
+        f"objective (mean MAE / tolerance) {result['objective']:.3f}.",
+        "",
+        "| target | n | MAE (95% CI) | bias (95% CI) | SD (95% CI) | tolerance (SD) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t, r in result["targets"].items():
+        ci = r["ci95"] or {"mae": (np.nan, np.nan), "bias": (np.nan, np.nan), "sd": (np.nan, np.nan)}
+
+        def cell(name: str, r=r, ci=ci) -> str:
+            return f"{r[name]:.1f} ({ci[name][0]:.1f}–{ci[name][1]:.1f})"
+
+        lines.append(
+            f"| {TARGETS[t].title} ({r['unit']}) | {r['n']} | {cell('mae')} | {cell('bias')} | {cell('sd')} "
+            f"| {r['tolerance']:g} |"
+        )
+    lines += ["", "Bland–Altman plots: " + ", ".join(result["plots"])]
+    return "\n".join(lines) + "\n"
