@@ -79,6 +79,28 @@ def _sweep(args: argparse.Namespace) -> None:
     print(f"results: {result.experiment_path}")
 
 
+def _report(args: argparse.Namespace) -> None:
+    from ecgtune.report import report_experiment
+
+    for path in report_experiment(args.experiment, outdir=args.out, top_k=args.top):
+        print(path)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from ecgtune.final import train_final
+    from ecgtune.spec import load_spec
+
+    result = train_final(load_spec(args.config), args.out, patience=args.patience, force=args.force)
+    print((Path(args.out) / "test_report.md").read_text())
+    print(f"best fine-tuning epoch {result.best_epoch}; model and test results in {result.out_dir}")
+
+
+def _predict(args: argparse.Namespace) -> None:
+    from ecgtune.predict import format_predictions, predict_records
+
+    print(format_predictions(predict_records(args.model, args.records), args.format))
+
+
 def _demo(args: argparse.Namespace) -> None:
     from ecgtune.data.demo import build_demo
     from ecgtune.search import format_summary, run_sweep
@@ -152,6 +174,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
     s.set_defaults(func=_sweep)
 
+    r = verbs.add_parser(
+        "report", help="tables, trials.csv and plots of a finished or running sweep (no Ray needed)"
+    )
+    r.add_argument("experiment", help="experiment directory: a local path or a URI such as s3://...")
+    r.add_argument("-o", "--out", help="output directory or URI (default: EXPERIMENT/report)")
+    r.add_argument("--top", type=int, default=5, help="trials in the top-k tables and plots (default 5)")
+    r.set_defaults(func=_report)
+
+    t = verbs.add_parser("train", help="final training from a config, then the one test-fold evaluation")
+    t.add_argument("config", help="a standalone training config (e.g. from `ecgtune export`)")
+    t.add_argument("-o", "--out", required=True, help="output directory (model, history, test results)")
+    t.add_argument("--patience", type=int, default=5, help="early-stopping patience in fine-tuning epochs")
+    t.add_argument("--force", action="store_true", help="evaluate on the test fold even if done before")
+    t.set_defaults(func=_train)
+
+    pr = verbs.add_parser("predict", help="predict HR, PR, QRS, QT for WFDB records or .asc files")
+    pr.add_argument("model", help="a model directory written by `ecgtune train`")
+    pr.add_argument("records", nargs="+", help="WFDB record paths (without extension) or .asc files")
+    pr.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    pr.add_argument("--json", dest="format", action="store_const", const="json")
+    pr.add_argument("--csv", dest="format", action="store_const", const="csv")
+    pr.set_defaults(func=_predict)
+
     dm = verbs.add_parser("demo", help="build the demo data and run sweeps/smoke.yaml")
     dm.set_defaults(func=_demo)
     return p
@@ -161,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # incl. FileNotFoundError and RepeatedTestEvaluation
         # Our errors name the file/key and what was expected; a traceback would only bury that.
         print(f"ecgtune {args.verb}: error: {e}", file=sys.stderr)
         return 2

@@ -33,7 +33,7 @@ MODEL_META = "model.json"
 BOOTSTRAP_SAMPLES = 2000
 
 
-class TestFoldAlreadyUsed(RuntimeError):
+class RepeatedTestEvaluation(PermissionError):
     """The test fold of this store was already used to evaluate this config."""
 
 
@@ -65,7 +65,7 @@ def train_final(
     earlier = previous_evaluations(spec, store)
     if earlier and not force:
         when = ", ".join(e["time"] for e in earlier)
-        raise TestFoldAlreadyUsed(
+        raise RepeatedTestEvaluation(
             f"this config was already evaluated on the test fold of {store.path} ({when}; "
             f"see {_ledger(store)}). Every further look at the test fold biases it; "
             "pass --force to evaluate again anyway."
@@ -131,7 +131,7 @@ def predict(model: torch.nn.Module, meta: dict[str, Any], signals: np.ndarray) -
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(signals), 256):
-        x = torch.as_tensor(np.asarray(signals[start : start + 256]), device=device).float() * scale
+        x = torch.as_tensor(np.array(signals[start : start + 256]), device=device).float() * scale
         out.append(model(x).float().cpu() * std + mean)
     if not out:
         return np.zeros((0, len(meta["targets"])), dtype=np.float32)

@@ -372,6 +372,21 @@ def _input_samples(fs: float) -> tuple[Fraction, int, int]:
     return ratio, n_need, n_need + (math.ceil(RESAMPLE_MARGIN_S * fs) if ratio != 1 else 0)
 
 
+def lead_channels(names: Sequence[str], where: str | os.PathLike) -> list[int]:
+    """Indices of ecgtune's 8 leads (`LEADS` order) among a record's signal names, matched
+    case-insensitively; nothing is derived. Raises RecordFormatError naming the missing leads."""
+    by_name: dict[str, int] = {}
+    for i, n in enumerate(names):
+        by_name.setdefault(str(n).strip().upper(), i)
+    missing = [lead for lead in LEADS if lead.upper() not in by_name]
+    if missing:
+        raise RecordFormatError(
+            f"{where}: missing lead(s) {missing}; the record has {list(names)}; ecgtune needs {list(LEADS)} "
+            "(matched by name, case-insensitively)"
+        )
+    return [by_name[lead.upper()] for lead in LEADS]
+
+
 def read_record(record_path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     """Read one WFDB record as 10 s of ecgtune's 8 leads.
 
@@ -419,16 +434,7 @@ def read_record(record_path: str | os.PathLike) -> tuple[np.ndarray, dict[str, A
         raise _unreadable(base, hea, e) from None
 
     names = list(rec.sig_name or [])
-    by_name: dict[str, int] = {}
-    for i, n in enumerate(names):
-        by_name.setdefault(str(n).strip().upper(), i)
-    missing = [lead for lead in LEADS if lead.upper() not in by_name]
-    if missing:
-        raise RecordFormatError(
-            f"{base}: missing lead(s) {missing}; the record has {names}; ecgtune needs {list(LEADS)} "
-            "(matched by name, case-insensitively)"
-        )
-    channels = [by_name[lead.upper()] for lead in LEADS]
+    channels = lead_channels(names, base)
     if rec.fs is None or not float(rec.fs) > 0:
         raise RecordFormatError(f"{hea}: sampling frequency {rec.fs!r}; expected a positive number of Hz")
     fs = float(rec.fs)

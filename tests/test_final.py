@@ -1,0 +1,110 @@
+"""Final training, the once-only test evaluation, and prediction on real records."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synthetic import synthetic_ecgs, write_synthetic_store
+
+from ecgtune.cli import main
+from ecgtune.data.deepfake import write_asc
+from ecgtune.final import RepeatedTestEvaluation, train_final
+from ecgtune.predict import predict_records, read_windows
+from ecgtune.spec import DataSpec, ModelSpec, Spec, StageSpec, StagesSpec, StoreSpec, dump_spec
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("final")
+    write_synthetic_store(root / "deepfake", 40, seed=0, source="deepfake")
+    write_synthetic_store(root / "ptbxl", 60, seed=1, gain=1.5, source="ptbxl")
+    spec = Spec(
+        name="final-test",
+        model=ModelSpec(name="resnet_tiny", params={"num_blocks": 1}),
+        data=DataSpec(
+            pretrain=StoreSpec(path=str(root / "deepfake")), finetune=StoreSpec(path=str(root / "ptbxl"))
+        ),
+        stages=StagesSpec(
+            pretrain=StageSpec(epochs=1, batch_size=8), finetune=StageSpec(epochs=4, batch_size=8)
+        ),
+    )
+    config = root / "best.yaml"
+    dump_spec(spec, config)
+    result = train_final(spec, root / "out", patience=2)
+    return root, spec, config, result
+
+
+def test_final_training_evaluates_the_test_fold_once_with_intervals_and_plots(trained):
+    root, spec, _, result = trained
+    test = json.loads((root / "out" / "test_result.json").read_text())
+    assert test["statement"].startswith("First and only evaluation")
+    assert test["n_ecgs"] == 12  # every 5th of 60 synthetic ECGs is in the test split
+    for t, r in test["targets"].items():
+        lo, hi = r["ci95"]["mae"]
+        assert lo <= r["mae"] <= hi, t
+        assert r["n"] == 12
+        w, h = png_size(root / "out" / f"bland_altman_{t}.png")
+        assert w >= 400 and h >= 300
+    assert (root / "out" / "model.pt").is_file() and (root / "out" / "history.json").is_file()
+    assert 2 <= result.best_epoch <= 5  # a fine-tuning epoch (pretraining is epoch 1)
+
+
+def test_second_test_evaluation_of_the_same_config_is_refused_unless_forced(trained, capsys):
+    root, spec, config, _ = trained
+    with pytest.raises(RepeatedTestEvaluation, match="already evaluated"):
+        train_final(spec, root / "again")
+    assert not (root / "again").exists()  # refused before any work or output
+    assert main(["train", str(config), "-o", str(root / "again")]) == 2
+    assert "already evaluated" in capsys.readouterr().err
+    forced = train_final(spec, root / "forced", patience=2, force=True)
+    assert forced.test["statement"].startswith("Forced re-evaluation")
+    ledger = (root / "ptbxl" / "test-evaluations.jsonl").read_text().splitlines()
+    assert len(ledger) == 2
+
+
+def test_predict_on_asc_and_on_the_real_ptb_record(trained, tmp_path):
+    root, *_ = trained
+    signals, _ = synthetic_ecgs(1, seed=5)
+    asc = write_asc(tmp_path / "one.asc", signals[0])
+    ptb = FIXTURES / "ptb-s0010" / "s0010_re"
+    if not ptb.with_suffix(".hea").is_file():
+        pytest.skip(f"shared fixtures not found at {FIXTURES}")
+    windows = read_windows(ptb)
+    assert windows.shape == (3, 8, 5000)  # 38.4 s at 1000 Hz -> three 10 s windows at 500 Hz
+    preds = predict_records(root / "out", [str(asc), str(ptb)])
+    assert [p.windows for p in preds] == [1, 3]
+    for p in preds:
+        assert set(p.values) == {"hr", "pr", "qrs", "qt"}
+        assert all(np.isfinite(v) for v in p.values.values())
+
+
+def test_predict_refuses_a_record_without_the_needed_leads(trained, capsys):
+    root, *_ = trained
+    mit = FIXTURES / "mitdb-100" / "100"
+    if not mit.with_suffix(".hea").is_file():
+        pytest.skip(f"shared fixtures not found at {FIXTURES}")
+    assert main(["predict", str(root / "out"), str(mit)]) == 2
+    err = capsys.readouterr().err
+    assert "missing lead(s)" in err and "MLII" in err
+
+
+def test_predict_cli_prints_json(trained, capsys):
+    root, *_ = trained
+    ptb = FIXTURES / "ptb-s0010" / "s0010_re"
+    if not ptb.with_suffix(".hea").is_file():
+        pytest.skip(f"shared fixtures not found at {FIXTURES}")
+    assert main(["predict", str(root / "out"), str(ptb), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["windows"] == 3 and {"hr", "pr", "qrs", "qt"} <= set(rows[0])
