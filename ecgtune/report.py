@@ -35,6 +35,8 @@ import optuna
 import pandas as pd
 import pyarrow.fs as pafs
 import yaml
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from pydantic import ValidationError
 
 from ecgtune.models import PRESETS
@@ -497,20 +499,26 @@ def _trial_table(
         }
         rows.append(row)
     df = pd.DataFrame(rows)
+    for p in params:  # as the searcher gave them: 8 stays 8 beside a trial that lacks the key
+        df[p] = pd.Series([r[p] for r in rows], dtype=object)
     df["rank"] = df.groupby("epochs")["objective_last"].rank(method="min").astype("Int64")
+    df["best_epoch"] = df["best_epoch"].astype("Int64")
     order = ["trial_id", "status", "epochs", "max_epochs", "full_fidelity", "rank"]
     df = df[order + [c for c in df.columns if c not in order]]
     return df.sort_values(["started", "trial_id"], na_position="last").reset_index(drop=True)
 
 
 def _status(reported: Any, epochs: int, max_epochs: int, errored: bool, done: bool, sweep_ended: bool) -> str:
-    if reported in STATUSES:  # the driver's verdict (summary.json), from Tune's own trial state
-        return str(reported)
+    """finished / stopped / error / running, from the trial's own files and the driver's verdict.
+
+    Finished means the trial trained its own epoch count: summary.json compares every trial with the
+    sweep spec's count, which calls a shorter variant (a DeepFake-only experiment) "stopped".
+    """
     if max_epochs and epochs >= max_epochs:
         return "finished"  # even after a failure it recovered from (error.txt stays)
-    if errored:
+    if errored or reported == "error":
         return "error"
-    if done or sweep_ended:
+    if done or sweep_ended or reported in STATUSES:
         return "stopped"  # Tune marks the last result of a trial the scheduler stopped `done`
     return "running"
 
@@ -639,8 +647,8 @@ def _fanova(
     for tid, value in values.items():
         if value is None or not math.isfinite(value):
             continue
-        p = {k: _plain(params.at[tid, k]) for k in dists}
-        if any(v is None or not _fits(dists[k], v) for k, v in p.items()):
+        p = {k: _as_sampled(dists[k], params.at[tid, k]) for k in dists}
+        if any(v is _UNUSABLE for v in p.values()):
             continue
         trials.append(optuna.trial.create_trial(params=p, distributions=dict(dists), value=float(value)))
     if len(trials) < 2:
@@ -662,21 +670,39 @@ def _fanova(
     return {k: float(v) for k, v in imp.items()}
 
 
-def _plain(v: Any) -> Any:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return None
-    return v.item() if isinstance(v, np.generic) else v
+_UNUSABLE = object()
 
 
-def _fits(dist: optuna.distributions.BaseDistribution, value: Any) -> bool:
-    """Whether `value` is one `dist` can produce (create_trial refuses the others)."""
+def _as_sampled(dist: optuna.distributions.BaseDistribution, value: Any) -> Any:
+    """`value` as `dist` would have produced it (a choice, an int), or _UNUSABLE (create_trial
+    refuses values outside a distribution). A categorical choice may itself be None."""
+    value = _plain(value)
     if isinstance(dist, optuna.distributions.CategoricalDistribution):
-        return any(type(c) is type(value) and c == value for c in dist.choices)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
+        i = _choice_index(dist.choices, value)
+        return _UNUSABLE if i is None else dist.choices[i]
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return _UNUSABLE
+    if not dist.low <= value <= dist.high:
+        return _UNUSABLE
     if isinstance(dist, optuna.distributions.IntDistribution):
-        return value == int(value) and dist.low <= value <= dist.high and (value - dist.low) % dist.step == 0
-    return dist.low <= value <= dist.high
+        ok = float(value).is_integer() and (int(value) - dist.low) % dist.step == 0
+        return int(value) if ok else _UNUSABLE
+    return float(value)
+
+
+def _choice_index(choices: Sequence[Any], value: Any) -> int | None:
+    """Position of `value` among `choices`; True is not 1 here, but 8.0 (a float column) is 8."""
+    for i, c in enumerate(choices):
+        if isinstance(c, bool) == isinstance(value, bool) and c == value:
+            return i
+    return None
+
+
+def _plain(v: Any) -> Any:
+    """numpy scalars -> Python; NaN (a missing cell) -> None."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    return None if isinstance(v, float) and math.isnan(v) else v
 
 
 @contextlib.contextmanager
@@ -793,7 +819,7 @@ def _markdown(
         md += ["", "Searched parameters:", "", "```", describe_space(exp.spec.search.space), "```"]
     md += [
         "",
-        "Every number below is measured on the PTB-XL validation fold: MAE per target in its unit; "
+        "Every ecgtune number below is measured on the PTB-XL validation fold: MAE per target in its unit; "
         f"objective = mean over targets of MAE / tolerance ({tol}). *Last* is a trial's last "
         "reported epoch (the model its checkpoint holds); *best* is its epoch with the lowest "
         "objective, chosen on the same validation fold and so slightly optimistic. Trials are compared "
@@ -802,7 +828,9 @@ def _markdown(
         + ".",
     ]
 
-    md += ["", f"## Full-fidelity ranking ({exp.max_epochs} epochs)", ""]
+    lengths = sorted(set(full["max_epochs"]))
+    length = f"{lengths[0]} epochs" if len(lengths) == 1 else "each trial its own epochs"
+    md += ["", f"## Full-fidelity ranking ({length if len(full) else f'{exp.max_epochs} epochs'})", ""]
     if len(full):
         head = [
             "rank",
@@ -1137,11 +1165,6 @@ def _references(exp: Experiment, full: pd.DataFrame, targets: Sequence[str]) -> 
 def _plots(
     exp: Experiment, importances: Mapping[str, Mapping[str, float]], out: Path, top_k: int
 ) -> tuple[list[Path], list[str]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     paths: list[Path] = []
     notes: list[str] = []
     makers = [
@@ -1161,7 +1184,6 @@ def _plots(
             notes.append(f"plot {name}: {fig}")
             continue
         fig.savefig(out / name, dpi=100)
-        plt.close(fig)
         paths.append(out / name)
     return paths, notes
 
@@ -1171,9 +1193,19 @@ def _safe(name: str) -> str:
 
 
 def _figure(ncols: int = 1, width: float = 8.0, height: float = 4.5) -> Any:
-    import matplotlib.pyplot as plt
+    # A bare Figure renders PNGs with Agg and leaves pyplot's global backend and figure list alone.
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.subplots(1, ncols, squeeze=False)
 
-    return plt.subplots(1, ncols, figsize=(width, height), squeeze=False, layout="constrained")
+
+def _epoch_colours(exp: Experiment) -> dict[str, float]:
+    """One colour scale for epochs reached in every plot: 1 to full fidelity."""
+    return {"vmin": 1, "vmax": max(exp.max_epochs, 2)}
+
+
+def _epoch_colourbar(fig: Any, mappable: Any, ax: Any) -> None:
+    bar = fig.colorbar(mappable, ax=ax, label="epochs reached")
+    bar.ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _plot_best_objective(exp: Experiment) -> Any:
@@ -1189,7 +1221,9 @@ def _plot_best_objective(exp: Experiment) -> Any:
         (axes[0][0], "minutes", "wall-clock minutes since the first trial started"),
         (axes[0][1], "number", "trial (in order of start)"),
     ):
-        sc = ax.scatter(t[x], t["objective_last"], c=t["epochs"], cmap="viridis", s=25, zorder=3)
+        sc = ax.scatter(
+            t[x], t["objective_last"], c=t["epochs"], cmap="viridis", s=25, zorder=3, **_epoch_colours(exp)
+        )
         full = t[t["full_fidelity"]].sort_values(x)
         if len(full):
             ax.step(
@@ -1203,7 +1237,7 @@ def _plot_best_objective(exp: Experiment) -> Any:
         ax.set_xlabel(xlabel)
         ax.set_ylabel("objective (last epoch, lower is better)")
         ax.grid(alpha=0.3)
-    fig.colorbar(sc, ax=axes[0][1], label="epochs reached")
+    _epoch_colourbar(fig, sc, axes[0][1])
     fig.suptitle(f"{exp.name}: objective per trial (points) and best full-fidelity objective so far")
     return fig
 
@@ -1247,6 +1281,7 @@ def _plot_rungs(exp: Experiment) -> Any:
     ax.set_xticks(range(len(t)), t["trial_id"], rotation=60, fontsize=7)
     ax.set_ylabel("epochs reached")
     ax.set_ylim(0, max(exp.max_epochs, 1) * 1.05)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     ax.set_title(f"{exp.name}: epochs each trial reached (ASHA rungs; full fidelity = {exp.max_epochs})")
     return fig
@@ -1268,25 +1303,32 @@ def _plot_importance(importances: Mapping[str, Mapping[str, float]]) -> Any:
 
 
 def _plot_slice(exp: Experiment, param: str) -> Any:
-    t = exp.trials[exp.trials["objective_last"].notna() & exp.trials[param].notna()]
-    if not len(t):
-        return "no trial with a result and this parameter"
-    dist = exp.spec.search.space.get(param) if exp.spec is not None and exp.spec.search is not None else None
+    t = exp.trials[exp.trials["objective_last"].notna()]
+    space = exp.spec.search.space if exp.spec is not None and exp.spec.search is not None else {}
+    dist = space.get(param)
+    values = [_plain(v) for v in t[param]]
+    if dist is not None:
+        numeric = dist.type in ("int", "float")
+    else:
+        numeric = all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) for v in values if v is not None
+        )
     fig, axes = _figure(width=7)
     ax = axes[0][0]
-    values = t[param]
-    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
-    if numeric and (dist is None or dist.type != "categorical"):
-        x = values.astype(float)
+    if numeric:
+        x = np.array([np.nan if v is None else float(v) for v in values])
         if dist is not None and dist.log:
             ax.set_xscale("log")
+        if dist is not None and dist.type == "int":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         choices = list(dist.choices) if dist is not None and dist.choices else _unique(values)
-        index = {repr(c): i for i, c in enumerate(choices)}
-        x = values.map(lambda v: index.get(repr(_plain(v)), np.nan))
+        x = np.array([np.nan if (i := _choice_index(choices, v)) is None else i for v in values], dtype=float)
         ax.set_xticks(range(len(choices)), [str(c) for c in choices])
-    sc = ax.scatter(x, t["objective_last"], c=t["epochs"], cmap="viridis", s=30, vmin=0, vmax=exp.max_epochs)
-    fig.colorbar(sc, ax=ax, label="epochs reached")
+    if np.isnan(x).all():
+        return "no trial with a result and this parameter"
+    sc = ax.scatter(x, t["objective_last"], c=t["epochs"], cmap="viridis", s=30, **_epoch_colours(exp))
+    _epoch_colourbar(fig, sc, ax)
     ax.set_xlabel(param)
     ax.set_ylabel("objective (last epoch)")
     ax.grid(alpha=0.3)

@@ -278,9 +278,10 @@ def summarize(
                 "path": r.path,
                 "config": {k: v for k, v in r.config.items() if k != "spec"},
                 "epochs": int(last.get("epoch", 0)),
+                # Variants of one sweep can differ in length: compare each trial with its own plan.
                 "status": "error"
                 if r.error
-                else ("finished" if last.get("epoch", 0) >= max_t else "stopped"),
+                else ("finished" if last.get("epoch", 0) >= last.get("total_epochs", max_t) else "stopped"),
                 "error": str(r.error).splitlines()[0] if r.error else None,
                 "objective": last.get(METRIC),
                 "best_objective": best_objective,
