@@ -86,6 +86,15 @@ def _report(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _export(args: argparse.Namespace) -> None:
+    from ecgtune.report import export_best
+
+    out, origin = export_best(args.experiment, args.out)
+    trial, value = origin["trial_id"], origin["value"]
+    print(f"wrote {out}: trial {trial}, objective {value:.3f} ({origin['epochs']} epochs)")
+    print(f"train it with: ecgtune train {out} -o <output dir>")
+
+
 def _train(args: argparse.Namespace) -> None:
     from ecgtune.final import train_final
     from ecgtune.spec import load_spec
@@ -181,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--out", help="output directory or URI (default: EXPERIMENT/report)")
     r.add_argument("--top", type=int, default=5, help="trials in the top-k tables and plots (default 5)")
     r.set_defaults(func=_report)
+
+    e = verbs.add_parser("export", help="write the best full-fidelity trial as a standalone training config")
+    e.add_argument("experiment", help="experiment directory (local path or URI)")
+    e.add_argument("-o", "--out", required=True, help="YAML file to write, e.g. best.yaml")
+    e.set_defaults(func=_export)
 
     t = verbs.add_parser("train", help="final training from a config, then the one test-fold evaluation")
     t.add_argument("config", help="a standalone training config (e.g. from `ecgtune export`)")

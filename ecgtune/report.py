@@ -24,7 +24,9 @@ import json
 import math
 import os
 import re
+import subprocess
 import tempfile
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -1350,3 +1352,69 @@ __all__ = [
     "training_mean_baseline",
     "write_report",
 ]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def export_best(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """Write the best full-fidelity trial of an experiment as a standalone training config.
+
+    "Best" = lowest last-epoch objective among trials that trained every planned epoch; trials
+    ASHA stopped are never chosen, since their value is from fewer epochs. The result is a
+    complete Spec (model, every hyperparameter, data, targets, stages, seed) without `search`,
+    that `ecgtune train` runs as is; `origin` records where it came from.
+    """
+    from ecgtune import __version__
+    from ecgtune.spec import apply_params, dump_spec
+
+    experiment = load_experiment(path, baseline=False)
+    if experiment.spec is None:
+        raise ExperimentError(f"{path}: no spec found (spec.yaml or a trial's params.json); cannot export")
+    finished = experiment.trials[
+        (experiment.trials["status"] == "finished") & experiment.trials["full_fidelity"]
+    ]
+    finished = finished.dropna(subset=["objective_last"])
+    if finished.empty:
+        raise ExperimentError(
+            f"{path}: no trial has trained every planned epoch yet ({len(experiment.trials)} trials); "
+            "nothing to export — wait for the sweep, or lower ASHA's aggressiveness"
+        )
+    best = finished.sort_values("objective_last").iloc[0]
+    spec = experiment.spec
+    if spec.variants:
+        config = apply_variant(spec, str(best["variant"]))
+    else:
+        space = spec.search.space if spec.search else {}
+        params = {}
+        for p in experiment.sampled:
+            # Table cells back to the values the sampler gave (pandas turns ints into floats beside NaN).
+            value = _as_sampled(optuna_distribution(space[p]), best[p]) if p in space else _plain(best[p])
+            if value is not _UNUSABLE and value is not None:
+                params[p] = value
+        config = apply_params(spec, params)
+    origin = {
+        "experiment": str(path),
+        "trial_id": str(best["trial_id"]),
+        "metric": "objective (PTB-XL validation, mean MAE / tolerance)",
+        "value": float(best["objective_last"]),
+        "epochs": int(best["epochs"]),
+        "ecgtune_version": __version__,
+        "git_commit": _git_commit(),
+        "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    config = config.model_copy(update={"origin": origin, "name": f"{spec.name}-best"})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    dump_spec(config, out)
+    return out, origin
+
+
+def _git_commit() -> str | None:
+    try:
+        res = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (res.stdout.strip() or None) if res.returncode == 0 else None

@@ -94,6 +94,24 @@ def test_smoke_sweep_asha_stops_trials_and_tpe_sees_them_pruned(stores, tmp_path
     written = json.loads((Path(result.experiment_path) / "summary.json").read_text())
     assert written["best"]["trial_id"] == best["trial_id"]
 
+    # From a finished sweep to a report, an exported config and a trained, test-evaluated model.
+    from ecgtune.final import train_final
+    from ecgtune.report import export_best, report_experiment
+
+    written_files = report_experiment(result.experiment_path, tmp_path / "report")
+    assert {"report.md", "trials.csv"} <= {Path(f).name for f in written_files}
+    trials_csv = (tmp_path / "report" / "trials.csv").read_text().splitlines()
+    assert len(trials_csv) == 1 + 8
+    exported, origin = export_best(result.experiment_path, tmp_path / "best.yaml")
+    assert origin["trial_id"] == best["trial_id"]
+    config = load_spec(exported)
+    assert config.search is None and config.origin["trial_id"] == best["trial_id"]
+    assert config.model.params["num_blocks"] == best["config"]["model.num_blocks"]
+    assert config.stages.finetune.lr == pytest.approx(best["config"]["finetune.lr"])
+    # The sweep never read the test fold (its file is gone); final training is the one that needs it.
+    with pytest.raises(ValueError, match="test.i16"):
+        train_final(config, tmp_path / "final")
+
 
 def _trials_with_results(experiment: Path) -> dict[str, int]:
     """trial dir -> number of epochs reported so far (lines of result.json)."""
