@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -458,3 +459,33 @@ def test_cli_report(handmade, tmp_path, capsys):
     assert "no trial directories" in capsys.readouterr().err
     with pytest.raises(ExperimentError):
         load_experiment(tmp_path / "empty")
+
+
+def test_export_picks_the_best_full_fidelity_trial_and_round_trips(handmade, tmp_path):
+    from ecgtune.report import export_best, load_experiment
+    from ecgtune.spec import load_spec
+
+    out, origin = export_best(FIXTURE, tmp_path / "best.yaml")
+    trials = load_experiment(FIXTURE, baseline=False).trials
+    full = trials[(trials["status"] == "finished") & trials["full_fidelity"]]
+    assert origin["trial_id"] == full.sort_values("objective_last").iloc[0]["trial_id"]
+    config = load_spec(out)  # the same schema validates it, with no reference back to the sweep
+    assert config.search is None and config.variants is None
+    assert config.origin["trial_id"] == origin["trial_id"] and config.origin["experiment"] == str(FIXTURE)
+    # The hand-made experiment's best low-fidelity value belongs to a stopped trial: never exported.
+    _, origin = export_best(handmade, tmp_path / "handmade.yaml")
+    handmade_trials = load_experiment(handmade, baseline=False).trials.set_index("trial_id")
+    assert handmade_trials.loc[origin["trial_id"], "status"] == "finished"
+
+
+def test_export_refuses_an_experiment_without_a_full_fidelity_trial(tmp_path):
+    from ecgtune.report import ExperimentError, export_best
+
+    exp = tmp_path / "exp"
+    shutil.copytree(FIXTURE, exp)
+    for result in exp.glob("*/result.json"):
+        lines = result.read_text().splitlines()
+        result.write_text(lines[0] + "\n")  # every trial has reported one epoch only
+    (exp / "summary.json").unlink()
+    with pytest.raises(ExperimentError, match="no trial has trained every planned epoch"):
+        export_best(exp, tmp_path / "best.yaml")
