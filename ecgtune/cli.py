@@ -111,15 +111,36 @@ def _predict(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    """The whole path on the embedded data: data -> sweep -> report -> export -> train -> predict."""
     from ecgtune.data.demo import build_demo
+    from ecgtune.final import RepeatedTestEvaluation, train_final
+    from ecgtune.predict import format_predictions, predict_records
+    from ecgtune.report import export_best, report_experiment
     from ecgtune.search import format_summary, run_sweep
+    from ecgtune.spec import load_spec
 
     for store, reused in build_demo(data_root() / "demo"):
         print(("reused " if reused else "built ") + store.summary())
-    spec = Path(__file__).resolve().parent.parent / "sweeps" / "smoke.yaml"
-    result = run_sweep(spec)
+    repo = Path(__file__).resolve().parent.parent
+    result = run_sweep(repo / "sweeps" / "smoke.yaml")
     print(format_summary(result.summary))
-    print(f"results: {result.experiment_path}")
+    experiment = Path(result.experiment_path)
+    report_experiment(experiment)
+    print(f"\nreport: {experiment / 'report' / 'report.md'}")
+    best, origin = export_best(experiment, experiment / "best.yaml")
+    print(f"exported the best full-fidelity trial ({origin['trial_id']}) to {best}")
+    final = experiment / "final"
+    try:
+        train_final(load_spec(best), final)
+    except RepeatedTestEvaluation as e:
+        # The smoke sweep is seeded: a second demo finds the same best config, already tested.
+        print(f"final training skipped: {e}")
+        return
+    print((final / "test_report.md").read_text())
+    record = repo.parent / "shared" / "fixtures" / "ptb-s0010" / "s0010_re"
+    if record.with_suffix(".hea").is_file():
+        print("prediction on a real PTB record (PhysioNet, s0010_re):")
+        print(format_predictions(predict_records(final, [str(record)])))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -211,7 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--csv", dest="format", action="store_const", const="csv")
     pr.set_defaults(func=_predict)
 
-    dm = verbs.add_parser("demo", help="build the demo data and run sweeps/smoke.yaml")
+    dm = verbs.add_parser(
+        "demo", help="demo data -> smoke sweep -> report -> export -> final training -> prediction"
+    )
     dm.set_defaults(func=_demo)
     return p
 
