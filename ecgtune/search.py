@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -262,6 +263,20 @@ def _init_ray(address: str | None) -> None:
     ray.init(address=address, include_dashboard=None if address else False, log_to_driver=False)
 
 
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _error_message(error: BaseException) -> str:
+    """A trial's error in one line: the trainable's own exception ("RuntimeError: ..."), not the
+    `ray::ImplicitFunc.train() (pid=..., ip=...)` header, in ANSI colours, that starts a RayTaskError."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        return f"{type(cause).__name__}: {cause}".splitlines()[0]
+    # Others (a dead actor or node; a TuneError holding a traceback's text): their last line says what.
+    lines = [line.strip() for line in _ANSI_ESCAPE.sub("", str(error)).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def summarize(
     results: tune.ResultGrid, spec: Spec, searcher: PruneAwareOptunaSearch | None, wall_seconds: float
 ):
@@ -282,7 +297,7 @@ def summarize(
                 "status": "error"
                 if r.error
                 else ("finished" if last.get("epoch", 0) >= last.get("total_epochs", max_t) else "stopped"),
-                "error": str(r.error).splitlines()[0] if r.error else None,
+                "error": _error_message(r.error) if r.error else None,
                 "objective": last.get(METRIC),
                 "best_objective": best_objective,
                 "ptbxl_val_mae": {t: last.get(f"ptbxl_val_mae_{t}") for t in spec.targets},

@@ -13,6 +13,7 @@ import os
 import tempfile
 from typing import Any
 
+import pyarrow.fs
 import ray
 import torch
 from ray import tune
@@ -40,6 +41,9 @@ def run_trial(config: dict[str, Any]) -> None:
     # Torch would otherwise start one thread per host core in every trial: oversubscribed
     # CPUs slow each trial many times over when trials share a node.
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    # Device memory this process holds before the trial allocates anything: 0 in the fresh worker
+    # process Tune starts for every trial (reuse_actors=False), whose exit frees a finished trial's memory.
+    cuda_bytes_at_start = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
     run = TwoStageRun(spec)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -51,6 +55,7 @@ def run_trial(config: dict[str, Any]) -> None:
         _maybe_fail(run.epochs_done + 1)
         metrics = run.step()
         metrics["node_id"] = node_id
+        metrics["cuda_bytes_at_start"] = cuda_bytes_at_start
         gauges.update(metrics)
         with tempfile.TemporaryDirectory() as d:
             run.save(d)
@@ -69,11 +74,14 @@ def _maybe_fail(epoch: int) -> None:
 
 
 def _first_attempt() -> bool:
-    # A marker in the trial directory (it outlives the worker process) tells a retry from the first attempt.
-    marker = os.path.join(tune.get_context().get_trial_dir(), ".ecgtune-injected-failure")
-    if os.path.exists(marker):
+    # A marker beside the trial's checkpoints tells a retry from the first attempt: it outlives the worker
+    # process and, unlike get_trial_dir() (a node-local working directory), every node sees it.
+    storage = tune.get_context().get_storage()
+    fs, marker = storage.storage_filesystem, f"{storage.trial_fs_path}/.ecgtune-injected-failure"
+    if fs.get_file_info(marker).type != pyarrow.fs.FileType.NotFound:
         return False
-    open(marker, "w").close()
+    with fs.open_output_stream(marker):
+        pass
     return True
 
 
