@@ -43,6 +43,7 @@ from ecgtune.data.errors import LabelFormatError, RecordFormatError
 from ecgtune.data.store import (
     SPLITS,
     ECGStore,
+    SkipTally,
     StoreWriter,
     assign_split_by_hash,
     content_key,
@@ -418,19 +419,13 @@ def convert_deepfake(
             "key": key,
             "inputs": {"root": str(root.resolve()), "ground_truth": [t.csv.name for t in tables]},
         }
-        skipped = dict.fromkeys(SKIP_REASONS, 0)
-        examples: dict[str, list[str]] = {r: [] for r in SKIP_REASONS}
+        tally = SkipTally(SKIP_REASONS, MAX_SKIP_EXAMPLES)
         kept = np.zeros(len(rows), bool)
         store_cols = ["record_id", "patient_id", "split", *TARGET_NAMES]
         with StoreWriter(path, provenance) as w:
             start = 0
             for signals, status in _read_all(rows["path"].tolist(), workers):
-                ok = np.array([s is None for s in status], bool)
-                for s in status:
-                    if s is not None:
-                        skipped[s[0]] += 1
-                        if len(examples[s[0]]) < MAX_SKIP_EXAMPLES:
-                            examples[s[0]].append(s[1])
+                ok = tally.add(status)
                 chunk = rows.iloc[start : start + len(status)]
                 if ok.any():
                     w.append(signals[ok], chunk.loc[ok, store_cols])
@@ -438,12 +433,11 @@ def convert_deepfake(
                 start += len(status)
             if not kept.any():
                 raise RecordFormatError(
-                    f"{root}: no ECGs could be read; all {len(rows)} ECGs were skipped {skipped}, "
-                    f"e.g. {[m[0] for m in examples.values() if m]}"
+                    f"{root}: no ECGs could be read; all {len(rows)} ECGs were skipped {tally.counts}, "
+                    f"e.g. {tally.first_examples()}"
                 )
             stored = rows[kept]
-            w.provenance["skipped"] = skipped
-            w.provenance["skipped_examples"] = {r: m for r, m in examples.items() if m}
+            w.provenance.update(tally.provenance())
             w.provenance["labels"] = {
                 "missing": {t: int(stored[t].isna().sum()) for t in TARGET_NAMES},
                 "implausible_set_to_nan": {t: int(implausible.loc[kept, t].sum()) for t in TARGET_NAMES},

@@ -33,7 +33,7 @@ import wfdb
 from scipy.signal import resample_poly
 
 from ecgtune.data.errors import LabelFormatError, RecordFormatError
-from ecgtune.data.store import ECGStore, StoreWriter, content_key, file_fingerprint, open_or_build
+from ecgtune.data.store import ECGStore, SkipTally, StoreWriter, content_key, file_fingerprint, open_or_build
 from ecgtune.targets import (
     LEADS,
     MICROVOLTS_PER_MILLIVOLT,
@@ -818,20 +818,14 @@ def convert_ptbxl(
                 "hr_column": feats.attrs.get("hr_column"),
             },
         }
-        skipped = dict.fromkeys(SKIP_REASONS, 0)
-        examples: dict[str, list[str]] = {r: [] for r in SKIP_REASONS}
+        tally = SkipTally(SKIP_REASONS, MAX_SKIP_EXAMPLES)
         kept = np.zeros(len(rows), bool)
         resampled = truncated = 0
         store_cols = ["record_id", "patient_id", "split", *TARGET_NAMES, "strat_fold"]
         with StoreWriter(path, provenance) as w:
             start = 0
             for signals, status, infos in _read_all(rows["path"].tolist(), workers):
-                ok = np.array([s is None for s in status], bool)
-                for s in status:
-                    if s is not None:
-                        skipped[s[0]] += 1
-                        if len(examples[s[0]]) < MAX_SKIP_EXAMPLES:
-                            examples[s[0]].append(s[1])
+                ok = tally.add(status)
                 resampled += sum(1 for i in infos if i.get("resampled_from_hz"))
                 truncated += sum(1 for i in infos if i.get("truncated_from_s"))
                 chunk = rows.iloc[start : start + len(status)]
@@ -841,12 +835,11 @@ def convert_ptbxl(
                 start += len(status)
             if not kept.any():
                 raise RecordFormatError(
-                    f"{root}: no ECGs could be read; all {len(rows)} records were skipped {skipped}, "
-                    f"e.g. {[m[0] for m in examples.values() if m]}"
+                    f"{root}: no ECGs could be read; all {len(rows)} records were skipped {tally.counts}, "
+                    f"e.g. {tally.first_examples()}"
                 )
             stored = rows[kept]
-            w.provenance["skipped"] = skipped
-            w.provenance["skipped_examples"] = {r: m for r, m in examples.items() if m}
+            w.provenance.update(tally.provenance())
             w.provenance["selection"] = {
                 "database_rows": n_database,
                 "not_normal": n_not_normal if normal_only else 0,

@@ -76,6 +76,37 @@ def file_fingerprint(paths: Iterable[Path]) -> str:
     return h.hexdigest()[:16]
 
 
+class SkipTally:
+    """Records a conversion skipped, counted per reason, with the first few messages as examples.
+
+    Converters read records in chunks; each chunk reports, per record, None (read) or
+    (reason, message). `add` counts them and returns which records to keep; `provenance`
+    is what the store records about them.
+    """
+
+    def __init__(self, reasons: Sequence[str], max_examples: int = 5):
+        self.counts = dict.fromkeys(reasons, 0)
+        self.examples: dict[str, list[str]] = {r: [] for r in reasons}
+        self.max_examples = max_examples
+
+    def add(self, status: Sequence[tuple[str, str] | None]) -> np.ndarray:
+        for s in status:
+            if s is not None:
+                reason, message = s
+                self.counts[reason] = self.counts.get(reason, 0) + 1
+                examples = self.examples.setdefault(reason, [])
+                if len(examples) < self.max_examples:
+                    examples.append(message)
+        return np.array([s is None for s in status], bool)
+
+    def first_examples(self) -> list[str]:
+        return [m[0] for m in self.examples.values() if m]
+
+    def provenance(self) -> dict[str, Any]:
+        examples = {r: m for r, m in self.examples.items() if m}
+        return {"skipped": dict(self.counts), "skipped_examples": examples}
+
+
 def split_file(split: str) -> str:
     return f"{split}.i16"
 
