@@ -38,3 +38,12 @@ def write_synthetic_store(
     with StoreWriter(path, {"source": source, "key": f"{source}-{n}-{seed}-{gain}"}) as w:
         w.append(signals, labels)
     return w.store
+
+
+def write_trial_stores(root: Path) -> Path:
+    """A DeepFake-like and a PTB-XL-like store for trials, with PTB-XL's test fold file removed:
+    a trial must never read the test fold, and without its file any attempt fails loudly."""
+    write_synthetic_store(root / "deepfake", 40, seed=0, source="deepfake")
+    write_synthetic_store(root / "ptbxl", 30, seed=1, gain=1.5, source="ptbxl")
+    (root / "ptbxl" / "test.i16").unlink()
+    return root

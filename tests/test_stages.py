@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from synthetic import write_synthetic_store
+from synthetic import write_trial_stores
 
 from ecgtune.spec import DataSpec, ModelSpec, Spec, StageSpec, StagesSpec, StoreSpec
 from ecgtune.stages import TwoStageRun
@@ -14,12 +14,7 @@ from ecgtune.stages import TwoStageRun
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stores")
-    write_synthetic_store(root / "deepfake", 40, seed=0, source="deepfake")
-    write_synthetic_store(root / "ptbxl", 30, seed=1, gain=1.5, source="ptbxl")
-    # Trials must never read the test fold: without its file any attempt to read it fails.
-    (root / "ptbxl" / "test.i16").unlink()
-    return root
+    return write_trial_stores(tmp_path_factory.mktemp("stores"))
 
 
 def make_spec(root, pretrain_epochs=2, finetune_epochs=2, **finetune) -> Spec:

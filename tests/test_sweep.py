@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from synthetic import write_synthetic_store
+from synthetic import write_trial_stores
 
 from ecgtune.spec import load_spec
 
@@ -23,12 +23,7 @@ MAX_EPOCHS = 4
 
 @pytest.fixture(scope="module")
 def stores(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stores")
-    write_synthetic_store(root / "deepfake", 40, seed=0, source="deepfake")
-    write_synthetic_store(root / "ptbxl", 30, seed=1, gain=1.5, source="ptbxl")
-    # The sweep must never read PTB-XL's test fold: without its file, any attempt fails the trial.
-    (root / "ptbxl" / "test.i16").unlink()
-    return root
+    return write_trial_stores(tmp_path_factory.mktemp("stores"))
 
 
 def write_spec(path: Path, stores: Path, storage: Path, num_samples: int = 8, concurrent: int = 1) -> Path:
