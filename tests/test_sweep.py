@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from synthetic import write_trial_stores
+from synthetic import write_synthetic_store, write_trial_stores
 
-from ecgtune.spec import load_spec
+from ecgtune.spec import StoreSpec, load_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -106,6 +106,11 @@ def test_smoke_sweep_asha_stops_trials_and_tpe_sees_them_pruned(stores, tmp_path
     # The sweep never read the test fold (its file is gone); final training is the one that needs it.
     with pytest.raises(ValueError, match="test.i16"):
         train_final(config, tmp_path / "final")
+    # The exported config trains as it is, given fine-tuning data that still has its test fold.
+    full = write_synthetic_store(tmp_path / "ptbxl-full", 30, seed=1, gain=1.5, source="ptbxl")
+    data = config.data.model_copy(update={"finetune": StoreSpec(path=str(full.path))})
+    final = train_final(config.model_copy(update={"data": data}), tmp_path / "final")
+    assert final.test["statement"].startswith("First and only") and final.test["n_ecgs"] == 6
 
 
 def _trials_with_results(experiment: Path) -> dict[str, int]:
