@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
+import shutil
 import tempfile
 
 import torch
@@ -15,6 +17,7 @@ torch.set_num_threads(1)
 # Ray 2.60 on these machines (see shared/notes/ray-2.60-on-these-machines.md): this setting makes
 # every Ray socket bind 127.0.0.1; token auth is on by default, so tests use a token file of their own.
 _RAY_TMP = tempfile.mkdtemp(prefix="ecgtune-ray-")
+atexit.register(shutil.rmtree, _RAY_TMP, ignore_errors=True)
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 if "RAY_AUTH_TOKEN_PATH" not in os.environ:
