@@ -303,7 +303,8 @@ def _read_features(path: str | os.PathLike, source: str) -> tuple[pd.DataFrame, 
         lo, hi = TARGETS[t].plausible
         bad = (out[t].notna() & ((out[t] < lo) | (out[t] > hi))).to_numpy()
         if t == "hr":
-            bad |= (hr.isna() & rr.notna() & (rr <= 0)).to_numpy()
+            # pandas >= 3 hands out read-only views from to_numpy(): combine, never update in place
+            bad = bad | (hr.isna() & rr.notna() & (rr <= 0)).to_numpy()
         implausible[t] = bad
         out.loc[bad, t] = np.nan
     out.attrs["hr_column"] = hr_col or f"60000 / {rr_col}"
