@@ -10,6 +10,7 @@ from ecgtune.data.store import SplitArrays
 from ecgtune.models import create_model
 from ecgtune.targets import TARGETS
 from ecgtune.train import (
+    Batches,
     Standardizer,
     TrainConfig,
     Trainer,
@@ -42,6 +43,24 @@ def learnable_split(n: int, seed: int, names=NAMES) -> SplitArrays:
 def tiny(k: int = 2):
     torch.manual_seed(0)
     return create_model("resnet_tiny", num_outputs=k)
+
+
+@pytest.mark.parametrize("limit", [None, 7])
+def test_cpu_batches_are_the_store_rows_in_mv_with_their_labels(limit):
+    # 23 ECGs in batches of 5: a partial last batch, and buffers reused from batch to batch.
+    split = learnable_split(23, seed=3)
+    split.signals[:, 0, 0] = np.arange(23)  # row number in µV, so each row is recognisable
+    batches = Batches(split, torch.device("cpu"))
+    seen = []
+    for x, y in batches.epoch(5, shuffle=True, seed=1, epoch=2, limit=limit):
+        rows = x[:, 0, 0].mul(1000).round().long().numpy()
+        np.testing.assert_allclose(x.numpy(), split.signals[rows] / 1000.0, rtol=0, atol=1e-6)
+        np.testing.assert_array_equal(y.numpy(), split.targets[rows])
+        assert x.dtype == torch.float32 and x.shape[1:] == (8, 5000)
+        seen.extend(rows.tolist())
+    order = np.random.default_rng([1, 2]).permutation(23)[:limit]
+    assert sorted(seen) == sorted(order.tolist())
+    assert len(seen) == len(set(seen))
 
 
 def test_masked_loss_ignores_missing_labels_in_value_and_gradient():
