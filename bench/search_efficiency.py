@@ -94,70 +94,150 @@ def first_reaching(curve: list, target: float) -> int | None:
     return None
 
 
+METHODS = ["tpe_asha", "random_asha", "random_no_es", "fixed"]
+LABELS = {
+    "tpe_asha": "(a) TPE + ASHA",
+    "random_asha": "(b) random + ASHA",
+    "random_no_es": "(c) random, no early stopping",
+    "fixed": "(d) fixed config (spec's own)",
+}
+
+
+def summarize(runs: list[dict], budget: int, seeds: int) -> tuple[dict, list[dict]]:
+    """Per-method best at the budget, and the budget fraction (a) needs to reach (c)'s final best."""
+    from common import table
+
+    per_method = {}
+    for method in METHODS:
+        rs = [r for r in runs if r["method"] == method]
+        per_method[method] = {
+            "best_at_budget": [best_at(r["curve"], budget) for r in rs],
+            "epochs_used": [r["curve"][-1][0] if r["curve"] else 0 for r in rs],
+            "wall_s": [r["wall_s"] for r in rs],
+        }
+    fractions = []
+    for seed in range(seeds):
+        c = next(r for r in runs if r["method"] == "random_no_es" and r["seed"] == seed)
+        a = next(r for r in runs if r["method"] == "tpe_asha" and r["seed"] == seed)
+        reach = first_reaching(a["curve"], best_at(c["curve"], budget))
+        fractions.append(None if reach is None else reach / budget)
+    rows = []
+    for method, row in per_method.items():
+        b = np.array(row["best_at_budget"])
+        rows.append(
+            [
+                LABELS[method],
+                f"{np.median(b):.3f}",
+                f"{b.min():.3f}-{b.max():.3f}",
+                f"{np.median(row['epochs_used']):.0f}",
+                f"{np.median(row['wall_s']):.0f}",
+            ]
+        )
+    reached = [f for f in fractions if f is not None]
+    frac_text = ", ".join("not reached" if f is None else f"{f:.0%}" for f in fractions)
+    tables = [
+        table(
+            ["searcher", "median best at budget", "range over seeds", "trial-epochs used", "wall s"],
+            rows,
+            title=f"search efficiency, budget {budget} trial-epochs, {seeds} seed(s); lower = better",
+        ),
+        table(
+            ["measure", "value"],
+            [
+                ["budget fraction (a) needs to reach (c)'s final best, per seed", frac_text],
+                ["median of those reached", f"{np.median(reached):.0%}" if reached else "-"],
+                ["goal", "<= 25%"],
+            ],
+            title="TPE + ASHA against random search without early stopping",
+        ),
+    ]
+    return {"budget_trial_epochs": budget, "runs": runs, "per_method": per_method,
+            "tpe_asha_fraction_to_reach_random_final": fractions}, tables  # fmt: skip
+
+
+def plot(runs: list[dict], budget: int, path: Path) -> None:
+    """Best full-fidelity objective so far against trial-epochs spent: median over seeds, min-max band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.arange(1, budget + 1)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method in METHODS:
+        curves = []
+        for r in (r for r in runs if r["method"] == method):
+            spent = np.array([c[0] for c in r["curve"]] or [0])
+            best = np.array([c[1] for c in r["curve"]] or [np.inf])
+            at = np.searchsorted(spent, grid, side="right") - 1
+            curves.append(np.where(at >= 0, best[np.clip(at, 0, None)], np.inf))
+        y = np.array(curves, float)
+        y[~np.isfinite(y)] = np.nan
+        med = np.nanmedian(y, axis=0) if np.isfinite(y).any() else grid * np.nan
+        (line,) = ax.step(grid, med, where="post", label=LABELS[method])
+        ax.fill_between(grid, np.nanmin(y, axis=0), np.nanmax(y, axis=0), step="post", alpha=0.15,
+                        color=line.get_color())  # fmt: skip
+    ax.set_xlabel("trial-epochs spent")
+    ax.set_ylabel("best full-fidelity objective (lower is better)")
+    ax.set_title("search efficiency on the demo data (median over seeds, min-max band)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--trials", type=int, default=8, help="trials of the no-early-stopping searcher")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "search_efficiency.json"))
+    p.add_argument("--from-json", help="no runs: tables and plot from the runs of an earlier JSON")
     args = p.parse_args()
     if args.quick:
         args.seeds, args.trials = 1, 3
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import print_tables, write_json
 
+    base = yaml.safe_load((REPO / "sweeps" / "smoke.yaml").read_text())
+    max_t = base["stages"]["pretrain"]["epochs"] + base["stages"]["finetune"]["epochs"]
+    if args.from_json:
+        earlier = json.loads(Path(args.from_json).read_text())
+        earlier = earlier.get("results", earlier)
+        runs, budget = earlier["runs"], earlier["budget_trial_epochs"]
+        args.seeds = len({r["seed"] for r in runs})
+    else:
+        runs, budget = sweep_all(args, base, max_t), args.trials * max_t
+    results, tables = summarize(runs, budget, args.seeds)
+    out = Path(args.out)
+    write_json(out, "search_efficiency", args, results, tables)
+    plot(runs, budget, out.with_suffix(".png"))
+    print_tables(tables, notes=[f"wrote {out} and {out.with_suffix('.png')}"])
+
+
+def sweep_all(args: argparse.Namespace, base: dict, max_t: int) -> list[dict]:
     import ray
 
     from ecgtune.data.demo import build_demo
     from ecgtune.spec import data_root
 
     build_demo(data_root() / "demo")
-    base = yaml.safe_load((REPO / "sweeps" / "smoke.yaml").read_text())
     base["stages"]["pretrain"]["samples_per_epoch"] = 128 if not args.quick else 32
     base["run"] = {"storage_path": "runs", "max_failures": 0, "checkpoints_kept": 1}
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    max_t = base["stages"]["pretrain"]["epochs"] + base["stages"]["finetune"]["epochs"]
-    budget = args.trials * max_t
     runs = []
-    methods = ["tpe_asha", "random_asha", "random_no_es", "fixed"]
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
-            for method in methods:  # interleaved: every seed runs all four back to back
+            for method in METHODS:  # interleaved: every seed runs all four back to back
                 runs.append(run(method, seed, base, Path(tmp), args.trials))
                 print(
                     f"{method} seed {seed}: {runs[-1]['trials']} trials, {runs[-1]['wall_s']:.0f} s",
                     flush=True,
                 )
     ray.shutdown()
-
-    table = {}
-    for method in methods:
-        rs = [r for r in runs if r["method"] == method]
-        table[method] = {
-            "best_at_budget": [best_at(r["curve"], budget) for r in rs],
-            "epochs_used": [r["curve"][-1][0] if r["curve"] else 0 for r in rs],
-        }
-    # Budget fraction TPE+ASHA needs to reach the final best of random search without early stopping.
-    fractions = []
-    for seed in range(args.seeds):
-        c = next(r for r in runs if r["method"] == "random_no_es" and r["seed"] == seed)
-        a = next(r for r in runs if r["method"] == "tpe_asha" and r["seed"] == seed)
-        target = best_at(c["curve"], budget)
-        reach = first_reaching(a["curve"], target)
-        fractions.append(None if reach is None else reach / budget)
-    out = {"budget_trial_epochs": budget, "max_epochs": max_t, "runs": runs, "table": table,
-           "tpe_asha_fraction_to_reach_random_final": fractions, "argv": sys.argv}  # fmt: skip
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2))
-
-    print(
-        f"\nsearch efficiency, budget {budget} trial-epochs, {args.seeds} seed(s); objective, lower is better"
-    )
-    print(f"{'method':<14} {'median best@budget':>19} {'min':>7} {'max':>7} {'epochs used':>12}")
-    for method, row in table.items():
-        b, used = np.array(row["best_at_budget"]), np.median(row["epochs_used"])
-        print(f"{method:<14} {np.median(b):>19.3f} {b.min():>7.3f} {b.max():>7.3f} {used:>12.0f}")
-    print(f"TPE+ASHA budget fraction to reach random-no-ES final best, per seed: {fractions} (goal <= 0.25)")
+    return runs
 
 
 if __name__ == "__main__":
