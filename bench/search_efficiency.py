@@ -18,6 +18,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -165,17 +166,22 @@ def plot(runs: list[dict], budget: int, path: Path) -> None:
     grid = np.arange(1, budget + 1)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method in METHODS:
-        curves = []
+        curves: list[np.ndarray] = []
         for r in (r for r in runs if r["method"] == method):
             spent = np.array([c[0] for c in r["curve"]] or [0])
             best = np.array([c[1] for c in r["curve"]] or [np.inf])
             at = np.searchsorted(spent, grid, side="right") - 1
             curves.append(np.where(at >= 0, best[np.clip(at, 0, None)], np.inf))
         y = np.array(curves, float)
-        y[~np.isfinite(y)] = np.nan
-        med = np.nanmedian(y, axis=0) if np.isfinite(y).any() else grid * np.nan
-        (line,) = ax.step(grid, med, where="post", label=LABELS[method])
-        ax.fill_between(grid, np.nanmin(y, axis=0), np.nanmax(y, axis=0), step="post", alpha=0.15,
+        y[~np.isfinite(y)] = np.nan  # no full-fidelity trial yet
+        with warnings.catch_warnings():  # columns where no seed has a result yet are NaN, as meant
+            warnings.simplefilter("ignore", RuntimeWarning)
+            med, low, high = np.nanmedian(y, axis=0), np.nanmin(y, axis=0), np.nanmax(y, axis=0)
+        # (a) dashed and on top: with few trials TPE is still in its random start-up and (a) and (b) overlap
+        dashed = method == "tpe_asha"
+        (line,) = ax.step(grid, med, where="post", label=LABELS[method], linestyle="--" if dashed else "-",
+                          zorder=3 if dashed else 2)  # fmt: skip
+        ax.fill_between(grid, low, high, step="post", alpha=0.15,
                         color=line.get_color())  # fmt: skip
     ax.set_xlabel("trial-epochs spent")
     ax.set_ylabel("best full-fidelity objective (lower is better)")
