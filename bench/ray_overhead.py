@@ -66,10 +66,11 @@ def epoch_seconds(experiment: Path) -> tuple[int, float]:
 def sweep_once(spec: dict, tmp: Path, reuse_actors: bool) -> dict:
     from ecgtune.search import run_sweep
 
+    spec = {**spec, "run": {**spec["run"], "reuse_actors": reuse_actors}}
     spec_file = tmp / f"{spec['name']}.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     t0 = time.time()
-    result = run_sweep(spec_file, reuse_actors=reuse_actors)
+    result = run_sweep(spec_file)
     wall = time.time() - t0
     trials, busy = epoch_seconds(Path(result.experiment_path))
     overhead = (wall - busy) / max(trials, 1)

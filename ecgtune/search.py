@@ -155,11 +155,8 @@ def progress_table(spec: Spec) -> tune.CLIReporter:
 
 
 def build_tuner(
-    spec: Spec, storage: str, experiment_name: str, *, reuse_actors: bool = False
+    spec: Spec, storage: str, experiment_name: str
 ) -> tuple[tune.Tuner, PruneAwareOptunaSearch | None]:
-    """The Tuner of a spec. `reuse_actors` stays False for sweeps: a fresh worker process per trial
-    hands a stopped trial's GPU memory back (ASHA stops most trials); bench/ray_overhead.py measures
-    what that costs against reuse."""
     max_t = total_epochs(spec)
     search = spec.search
     trainable = tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
@@ -206,7 +203,7 @@ def build_tuner(
             max_concurrent_trials=max_concurrent,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
-            reuse_actors=reuse_actors,
+            reuse_actors=spec.run.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=experiment_name,
@@ -227,7 +224,6 @@ def run_sweep(
     resume: str | None = None,
     storage_path: str | None = None,
     address: str | None = None,
-    reuse_actors: bool = False,
 ) -> SweepResult:
     """Run (or, with `resume` = an experiment path or "latest", continue) the sweep of a spec file."""
     spec = load_spec(spec_path)
@@ -245,7 +241,7 @@ def run_sweep(
         spec = resolve_data(spec)
         experiment_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         experiment_path = f"{storage.rstrip('/')}/{experiment_name}"
-        tuner, searcher = build_tuner(spec, storage, experiment_name, reuse_actors=reuse_actors)
+        tuner, searcher = build_tuner(spec, storage, experiment_name)
     results = tuner.fit()
     summary = summarize(results, spec, searcher, wall_seconds=time.time() - started)
     _write_summary(experiment_path, spec, summary)

@@ -235,6 +235,10 @@ class RunSpec(Strict):
     storage_path: str = "runs"
     max_failures: int = Field(1, ge=0)
     checkpoints_kept: int = Field(2, ge=1)
+    # False: a fresh worker process per trial, whose exit hands all its (GPU) memory back. True: Tune
+    # keeps the process for the next trial, saving its start-up (~5 s per trial here, bench/
+    # ray_overhead.py); the trial then empties torch's CUDA cache first and reports what is left.
+    reuse_actors: bool = False
 
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"

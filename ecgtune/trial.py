@@ -9,6 +9,7 @@ and dashboard metrics.
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from typing import Any
@@ -41,8 +42,12 @@ def run_trial(config: dict[str, Any]) -> None:
     # Torch would otherwise start one thread per host core in every trial: oversubscribed
     # CPUs slow each trial many times over when trials share a node.
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    if spec.run.reuse_actors and torch.cuda.is_available():
+        # A reused worker still holds what the previous trial's dropped tensors cached.
+        gc.collect()
+        torch.cuda.empty_cache()
     # Device memory this process holds before the trial allocates anything: 0 in the fresh worker
-    # process Tune starts for every trial (reuse_actors=False), whose exit frees a finished trial's memory.
+    # process Tune starts for every trial (run.reuse_actors false), whose exit frees all it held.
     cuda_bytes_at_start = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
     run = TwoStageRun(spec)
     checkpoint = tune.get_checkpoint()

@@ -56,6 +56,7 @@ def write_spec(
     max_failures: int = 0,
     pretrain_store: str = "deepfake",
     gpu: float = 0,
+    reuse_actors: bool = False,
 ) -> Path:
     """A fixed-length sweep (no ASHA: every trial is meant to run all its epochs)."""
     spec = {
@@ -85,6 +86,7 @@ def write_spec(
             "storage_path": str(path.parent / "runs"),
             "max_failures": max_failures,
             "checkpoints_kept": 1,
+            "reuse_actors": reuse_actors,
         },
     }
     path.write_text(yaml.safe_dump(spec))
@@ -235,6 +237,27 @@ def test_each_trial_runs_in_a_fresh_worker_process(two_node_sweep):
     # Ran sequentially on one node, yet each in a new process:
     nodes = [rs[0]["node_id"] for rs in rows.values()]
     assert len(set(nodes)) < len(nodes)
+    assert all(r["cuda_bytes_at_start"] == 0 for rs in rows.values() for r in rs)
+
+
+def test_reused_worker_process_starts_each_trial_afresh(cluster, stores, tmp_path):
+    """run.reuse_actors: one process runs the trials one after another, yet each trial starts at its
+    own epoch 1 with its own config, and nothing of the previous trial is left allocated."""
+    from ecgtune.search import run_sweep
+
+    spec = write_spec(
+        tmp_path / "spec.yaml", stores, name="reuse", num_samples=3, concurrent=1, reuse_actors=True
+    )
+    with driver(cluster):
+        result = run_sweep(spec)
+    rows = trial_results(Path(result.experiment_path))
+    assert [t["status"] for t in result.summary["trials"]] == ["finished"] * 3
+    pids = {rs[0]["pid"] for rs in rows.values()}
+    print(f"\n[reuse] trial -> pid: { {name: rs[0]['pid'] for name, rs in rows.items()} }")
+    assert len(pids) < 3, "with reuse_actors the trials should share a worker process"
+    assert all([r["epoch"] for r in rs] == [1, 2] for rs in rows.values())
+    configs = [(rs[0]["config"]["model.num_blocks"], rs[0]["config"]["finetune.lr"]) for rs in rows.values()]
+    assert len(set(configs)) == 3
     assert all(r["cuda_bytes_at_start"] == 0 for rs in rows.values() for r in rs)
 
 
