@@ -45,6 +45,7 @@ from ecgtune.data.store import (
     ECGStore,
     SkipTally,
     StoreWriter,
+    append_readable,
     assign_split_by_hash,
     content_key,
     file_fingerprint,
@@ -420,24 +421,11 @@ def convert_deepfake(
             "inputs": {"root": str(root.resolve()), "ground_truth": [t.csv.name for t in tables]},
         }
         tally = SkipTally(SKIP_REASONS, MAX_SKIP_EXAMPLES)
-        kept = np.zeros(len(rows), bool)
         store_cols = ["record_id", "patient_id", "split", *TARGET_NAMES]
         with StoreWriter(path, provenance) as w:
-            start = 0
-            for signals, status in _read_all(rows["path"].tolist(), workers):
-                ok = tally.add(status)
-                chunk = rows.iloc[start : start + len(status)]
-                if ok.any():
-                    w.append(signals[ok], chunk.loc[ok, store_cols])
-                kept[start : start + len(status)] = ok
-                start += len(status)
-            if not kept.any():
-                raise RecordFormatError(
-                    f"{root}: no ECGs could be read; all {len(rows)} ECGs were skipped {tally.counts}, "
-                    f"e.g. {tally.first_examples()}"
-                )
+            chunks = _read_all(rows["path"].tolist(), workers)
+            kept = append_readable(w, chunks, rows, store_cols, tally, source=root)
             stored = rows[kept]
-            w.provenance.update(tally.provenance())
             w.provenance["labels"] = {
                 "missing": {t: int(stored[t].isna().sum()) for t in TARGET_NAMES},
                 "implausible_set_to_nan": {t: int(implausible.loc[kept, t].sum()) for t in TARGET_NAMES},

@@ -33,7 +33,15 @@ import wfdb
 from scipy.signal import resample_poly
 
 from ecgtune.data.errors import LabelFormatError, RecordFormatError
-from ecgtune.data.store import ECGStore, SkipTally, StoreWriter, content_key, file_fingerprint, open_or_build
+from ecgtune.data.store import (
+    ECGStore,
+    SkipTally,
+    StoreWriter,
+    append_readable,
+    content_key,
+    file_fingerprint,
+    open_or_build,
+)
 from ecgtune.targets import (
     LEADS,
     MICROVOLTS_PER_MILLIVOLT,
@@ -820,27 +828,19 @@ def convert_ptbxl(
             },
         }
         tally = SkipTally(SKIP_REASONS, MAX_SKIP_EXAMPLES)
-        kept = np.zeros(len(rows), bool)
         resampled = truncated = 0
         store_cols = ["record_id", "patient_id", "split", *TARGET_NAMES, "strat_fold"]
-        with StoreWriter(path, provenance) as w:
-            start = 0
+
+        def counting_fixes() -> Iterator[tuple[np.ndarray, list]]:
+            nonlocal resampled, truncated
             for signals, status, infos in _read_all(rows["path"].tolist(), workers):
-                ok = tally.add(status)
                 resampled += sum(1 for i in infos if i.get("resampled_from_hz"))
                 truncated += sum(1 for i in infos if i.get("truncated_from_s"))
-                chunk = rows.iloc[start : start + len(status)]
-                if ok.any():
-                    w.append(signals[ok], chunk.loc[ok, store_cols])
-                kept[start : start + len(status)] = ok
-                start += len(status)
-            if not kept.any():
-                raise RecordFormatError(
-                    f"{root}: no ECGs could be read; all {len(rows)} records were skipped {tally.counts}, "
-                    f"e.g. {tally.first_examples()}"
-                )
+                yield signals, status
+
+        with StoreWriter(path, provenance) as w:
+            kept = append_readable(w, counting_fixes(), rows, store_cols, tally, source=root)
             stored = rows[kept]
-            w.provenance.update(tally.provenance())
             w.provenance["selection"] = {
                 "database_rows": n_database,
                 "not_normal": n_not_normal if normal_only else 0,

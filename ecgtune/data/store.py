@@ -107,6 +107,39 @@ class SkipTally:
         return {"skipped": dict(self.counts), "skipped_examples": examples}
 
 
+def append_readable(
+    writer: StoreWriter,
+    chunks: Iterable[tuple[np.ndarray, Sequence[tuple[str, str] | None]]],
+    rows: pd.DataFrame,
+    columns: Sequence[str],
+    tally: SkipTally,
+    source: str | os.PathLike,
+) -> np.ndarray:
+    """Append the readable records of each chunk to `writer`; return which of `rows` were kept.
+
+    `chunks` yields (signals, status) for consecutive rows: status per record is None (read)
+    or (reason, message), counted in `tally`. A conversion that reads nothing is an error
+    naming `source` and the reasons.
+    """
+    from ecgtune.data.errors import RecordFormatError
+
+    kept = np.zeros(len(rows), bool)
+    start = 0
+    for signals, status in chunks:
+        ok = tally.add(status)
+        if ok.any():
+            writer.append(signals[ok], rows.iloc[start : start + len(status)].loc[ok, list(columns)])
+        kept[start : start + len(status)] = ok
+        start += len(status)
+    if not kept.any():
+        raise RecordFormatError(
+            f"{source}: no ECGs could be read; all {len(rows)} ECGs were skipped {tally.counts}, "
+            f"e.g. {tally.first_examples()}"
+        )
+    writer.provenance.update(tally.provenance())
+    return kept
+
+
 def split_file(split: str) -> str:
     return f"{split}.i16"
 
