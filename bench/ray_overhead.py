@@ -22,6 +22,7 @@ growing with trial count); reported as MiB per 10 trials over the second half of
 from __future__ import annotations
 
 import copy
+import json
 import os
 import sys
 import tempfile
@@ -52,8 +53,6 @@ def ray_rss_bytes(driver_pid: int) -> int:
 
 def epoch_seconds(experiment: Path) -> tuple[int, float]:
     """Trials and the sum of their epochs' training + evaluation seconds, from the trials' result.json."""
-    import json
-
     trials, total = 0, 0.0
     for f in experiment.glob("*/result.json"):
         rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]

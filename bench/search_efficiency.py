@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, print_tables, table, write_json  # noqa: E402
 
 
 def curve(experiment: Path, max_epochs: int) -> list[tuple[int, float]]:
@@ -106,8 +107,6 @@ LABELS = {
 
 def summarize(runs: list[dict], budget: int, seeds: int) -> tuple[dict, list[dict]]:
     """Per-method best at the budget, and the budget fraction (a) needs to reach (c)'s final best."""
-    from common import table
-
     per_method = {}
     for method in METHODS:
         rs = [r for r in runs if r["method"] == method]
@@ -202,9 +201,6 @@ def main() -> None:
     args = p.parse_args()
     if args.quick:
         args.seeds, args.trials = 1, 3
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import print_tables, write_json
-
     base = yaml.safe_load((REPO / "sweeps" / "smoke.yaml").read_text())
     max_t = base["stages"]["pretrain"]["epochs"] + base["stages"]["finetune"]["epochs"]
     if args.from_json:

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ecgtune.data.errors import RecordFormatError
 from ecgtune.targets import LEADS, MICROVOLTS_PER_MILLIVOLT, N_SAMPLES, SAMPLING_RATE_HZ, TARGET_NAMES
 
 STORE_FORMAT_VERSION = 1
@@ -121,8 +122,6 @@ def append_readable(
     or (reason, message), counted in `tally`. A conversion that reads nothing is an error
     naming `source` and the reasons.
     """
-    from ecgtune.data.errors import RecordFormatError
-
     kept = np.zeros(len(rows), bool)
     start = 0
     for signals, status in chunks:
