@@ -19,6 +19,8 @@ SCRIPTS = {
     "data_stalls": ["n", "configs"],
     "throughput": ["n", "loops", "equal_mathematics"],
     "data_prep": ["generation", "labelling", "conversion", "reading"],
+    # On a CPU (CI): the GPU script's code paths run on the CPU, packing included.
+    "gpu": ["device", "models", "precision", "residency", "settings", "study", "packing"],
 }
 
 

@@ -45,12 +45,14 @@ def tiny(k: int = 2):
     return create_model("resnet_tiny", num_outputs=k)
 
 
+@pytest.mark.parametrize("resident", [False, True], ids=["host-buffers", "resident"])
 @pytest.mark.parametrize("limit", [None, 7])
-def test_cpu_batches_are_the_store_rows_in_mv_with_their_labels(limit):
-    # 23 ECGs in batches of 5: a partial last batch, and buffers reused from batch to batch.
+def test_batches_are_the_store_rows_in_mv_with_their_labels(limit, resident):
+    # 23 ECGs in batches of 5: a partial last batch, and (host) buffers reused from batch to batch;
+    # "resident" is the path a GPU takes (the split copied to the device, the order uploaded once).
     split = learnable_split(23, seed=3)
     split.signals[:, 0, 0] = np.arange(23)  # row number in µV, so each row is recognisable
-    batches = Batches(split, torch.device("cpu"))
+    batches = Batches(split, torch.device("cpu"), resident=resident)
     seen = []
     for x, y in batches.epoch(5, shuffle=True, seed=1, epoch=2, limit=limit):
         rows = x[:, 0, 0].mul(1000).round().long().numpy()
@@ -61,6 +63,46 @@ def test_cpu_batches_are_the_store_rows_in_mv_with_their_labels(limit):
     order = np.random.default_rng([1, 2]).permutation(23)[:limit]
     assert sorted(seen) == sorted(order.tolist())
     assert len(seen) == len(set(seen))
+
+
+def test_epoch_loss_is_the_sample_weighted_mean_of_the_step_losses():
+    # The loss is summed on the device (no host sync per step); check it against losses taken per step.
+    train, cfg = learnable_split(21, 0), TrainConfig(epochs=1, batch_size=8, lr=1e-3, grad_clip=None)
+    trainer = Trainer(tiny(), train, cfg, device="cpu")
+    reference = Trainer(tiny(), train, cfg, device="cpu")
+    step_losses, sizes = [], []
+    for x, y in reference.train_batches.epoch(8, shuffle=True, seed=cfg.seed, epoch=0):
+        loss = masked_loss(reference.model(x), (y - reference._mean) / reference._std)
+        reference.optimizer.zero_grad()
+        loss.backward()
+        reference.optimizer.step()
+        reference.scheduler.step()
+        step_losses.append(loss.item())
+        sizes.append(len(x))
+    stats = trainer.train_epoch()
+    assert sizes == [8, 8, 5] and stats.samples == 21
+    assert stats.loss == pytest.approx(np.average(step_losses, weights=sizes), rel=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_does_not_wait_for_the_gpu_at_every_step():
+    # CUDA's sync debug mode warns at each host-device synchronisation. An epoch of 2 steps and one
+    # of 12 must synchronise equally often (once per epoch: the order upload, the loss read-out).
+    import warnings
+
+    def syncs(steps: int) -> int:
+        trainer = Trainer(tiny(), learnable_split(8 * steps, 0), TrainConfig(batch_size=8), device="cuda")
+        trainer.train_epoch()  # warm-up: cuDNN autotuning and allocator growth synchronise
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                trainer.train_epoch()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return sum("synchroniz" in str(w.message) for w in caught)
+
+    assert syncs(2) == syncs(12)
 
 
 def test_masked_loss_ignores_missing_labels_in_value_and_gradient():
