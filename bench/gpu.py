@@ -5,21 +5,25 @@ short by a time limit keeps what it finished):
 
   precision  per model: training ECGs/s and achieved TFLOP/s with bf16 autocast vs fp32, the split resident
              on the GPU. TFLOP/s = 3 x forward FLOPs x ECGs/s (forward + backward ~ 3 forwards; FLOPs of
-             convolutions and matrix products as `ecgtune.models.flops_per_ecg` counts them).
+             convolutions and matrix products as `ecgtune.models.flops_per_ecg` counts them). "fp32" is
+             PyTorch's default: convolutions in TF32 (cuDNN), matrix products in full fp32.
   residency  per model: the whole split resident on the GPU (ecgtune's default when it fits) vs host-side
              batches (int16 rows gathered from the memory map, pinned, copied without blocking), bf16.
-  settings   what each GPU setting of the Trainer buys, on the smallest and the median ResNet: cuDNN
-             autotuning off; AdamW's per-tensor kernels (foreach) instead of the fused one; a host sync
-             after every step (what reading `loss.item()` each step costs).
-  study      end-to-end vs the study-style loop: a pandas `.asc` Dataset under a DataLoader with W workers,
-             batches copied to the GPU, fp32, AdamW, the loss read every step (bench/common.py). ecgtune
-             bf16 and ecgtune fp32 against it, and the study's share of step time spent waiting for data.
-             Goal >= 20x for the sweep's small models.
+  settings   what two GPU settings of the Trainer buy, on the smallest and the median ResNet: AdamW's
+             per-tensor kernels (foreach) instead of the fused one; a host sync after every step (what
+             reading `loss.item()` each step costs). Not cuDNN autotuning: its plans are cached by shape
+             whatever the flag says, so switching it off in a process that already tuned measures nothing.
+  study      end-to-end vs the study-style loop: a pandas `.asc` Dataset under a DataLoader with W workers
+             (the study's scripts use 20, python-scripts-resnet/Main.py; default here: the machine's cores,
+             at most 20), batches copied to the GPU, fp32, AdamW, the loss read every step (bench/common.py).
+             ecgtune bf16 and ecgtune fp32 against it, and the study's share of step time spent waiting for
+             data. Goal >= 20x for the sweep's small models.
   packing    1, 2 and 4 trials on one GPU at once, which is what Ray does with `resources.gpu: 1/N`: each
              trial a fresh Python process that imports torch and ecgtune, copies its split to the GPU,
              trains and evaluates every epoch, as a trial does. Trials/hour for N vs 1 (process start
              included). Goal >= 2.5x for 4 small trials vs 1.
 
+Parts run in the order precision, residency, packing, study, settings (the issue's goals first).
 Every comparison alternates its sides (A B A B ...) over `--repeats` (3; packing `--pack-repeats`, 2) and
 quotes medians. A run is sized by time, not steps: each model is first timed for a few steps, then a run
 trains about `--run-seconds` (0.5) of its bf16 side (every side of a model trains the same ECGs per
@@ -44,6 +48,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -57,7 +62,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 SCRIPT = "gpu"
-PARTS = ("precision", "residency", "settings", "study", "packing")
+PARTS = ("precision", "residency", "packing", "study", "settings")
 SPACES = {"resnet_widths": "sweeps/resnet_widths.yaml", "vit_patch_depth": "sweeps/vit_patch_depth.yaml"}
 MODELS_FULL = [
     "resnet_paper",
@@ -121,20 +126,15 @@ class TrainerSide:
         )
         self.trainer = Trainer(build_model(config), split, cfg, device=device, resident=resident)
         self.epochs = epochs
-        self.before_run = self.after_run = lambda: None
 
     def warm_up(self) -> None:
-        self.before_run()
         self.trainer.train_epoch()
-        self.after_run()
 
     def run(self) -> tuple[int, dict[str, float]]:
-        self.before_run()
         n, seconds = 0, 0.0
         for _ in range(self.epochs):
             stats = self.trainer.train_epoch()
             n, seconds = n + stats.samples, seconds + stats.seconds
-        self.after_run()
         return n, {"timed_seconds": seconds}
 
 
@@ -200,7 +200,7 @@ def part_precision(args, models, split, device, results) -> dict:
         ],
         rows,
         title=f"precision: training ECG/s, batch {args.batch_size}, split resident; "
-        f"TFLOP/s = 3 x forward FLOPs x ECG/s" + quick_tag(args),
+        f"TFLOP/s = 3 x forward FLOPs x ECG/s; fp32 = PyTorch defaults (TF32 convolutions)" + quick_tag(args),
     )
 
 
@@ -257,23 +257,12 @@ def part_settings(args, models, split, device, results) -> dict:
                     ]
                 )
         del sides
-    torch.backends.cudnn.benchmark = True
     return common.table(
         ["model", "variant", "variant ECG/s", "ecgtune ECG/s", "ecgtune/variant (IQR)"],
         rows,
-        title=f"settings: what each GPU setting buys: ecgtune's Trainer (bf16, resident) vs a variant "
+        title=f"settings: what a GPU setting buys: ecgtune's Trainer (bf16, resident) vs a variant "
         f"with one setting undone, batch {args.batch_size}" + quick_tag(args),
     )
-
-
-def _no_autotune(side: TrainerSide, device) -> None:
-    def off() -> None:
-        torch.backends.cudnn.benchmark = False  # global: switched back on after this side's run
-
-    def on() -> None:
-        torch.backends.cudnn.benchmark = True
-
-    side.before_run, side.after_run = off, on
 
 
 def _foreach_adamw(side: TrainerSide, device) -> None:
@@ -291,7 +280,6 @@ def _sync_each_step(side: TrainerSide, device) -> None:
 
 SETTINGS_SIDES = {
     "ecgtune": lambda side, device: None,
-    "cuDNN autotuning off": _no_autotune,
     "foreach AdamW, not fused": _foreach_adamw,
     "host sync every step": _sync_each_step,
 }
@@ -458,7 +446,7 @@ def part_packing(args, models, data, device, results) -> dict:
             "vs 1 (IQR)",
             "start s/trial",
             "train+eval s/trial",
-            "peak GiB/trial",
+            "GiB reserved/trial",
             ">= 2.5x",
         ],
         rows,
@@ -495,7 +483,8 @@ def pack_worker(job_json: str) -> None:
         trainer.train_epoch()
         trainer.evaluate(val_batches)
     done = time.time()
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+    # Reserved by torch's allocator; the CUDA context (~0.5 GiB per process) comes on top.
+    peak = torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0
     print(
         json.dumps(
             {
@@ -585,7 +574,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--probe-steps", type=int, default=None, help="steps timed to size the runs (default 10)")
     p.add_argument("--study-steps", type=int, default=None, help="timed study steps per run (default 20)")
     p.add_argument(
-        "--workers", type=int, nargs="+", default=None, help="study DataLoader workers (default 2 8)"
+        "--workers",
+        type=int,
+        nargs="+",
+        default=None,
+        help="study DataLoader workers (default: cores, <= 20)",
     )
     p.add_argument("--pack-model", default="resnet_widths:smallest")
     p.add_argument("--pack-trials", type=int, nargs="+", default=None, help="trials at once (default 1 2 4)")
@@ -603,7 +596,7 @@ def main(argv: list[str] | None = None) -> None:
     args.run_seconds = args.run_seconds or (0.05 if q else 0.5)
     args.probe_steps = args.probe_steps or (2 if q else 10)
     args.study_steps = args.study_steps or (2 if q else 20)
-    args.workers = args.workers or ([0] if q else [2, 8])
+    args.workers = args.workers or ([0] if q else [min(20, os.cpu_count() or 1)])
     args.pack_trials = args.pack_trials or ([1, 2] if q else [1, 2, 4])
     args.pack_seconds = args.pack_seconds or (0.2 if q else 8.0)
     args.pack_repeats = args.pack_repeats or (1 if q else 2)

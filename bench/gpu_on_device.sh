@@ -16,6 +16,9 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 export PYTHONUNBUFFERED=1
+# Fail in seconds, not after the first models, if the carried wheels do not fit this Python.
+python3 -V
+python3 -c "import ecgtune.spec, ecgtune.train" || { echo "ecgtune does not import: wheels for this Python in .whl/?"; exit 1; }
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
-python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k "cuda or batches" 2>&1 | tee "$out/cuda-tests.log"
+python3 -m pytest -q -p no:cacheprovider tests/test_train.py -k "cuda or batches or optimiser" 2>&1 | tee "$out/cuda-tests.log"
 timeout "${GPU_BENCH_TIMEOUT:-500}" python3 bench/gpu.py --out "$out/gpu.json" "$@" 2>&1 | tee "$out/gpu.log"

@@ -47,6 +47,41 @@ def curve(experiment: Path, max_epochs: int) -> list[tuple[int, float]]:
     return out
 
 
+def histories(experiment: Path) -> list[list[float]]:
+    """Each trial's objective after each of its epochs (stopped trials' lists are shorter)."""
+    out = []
+    for f in sorted(experiment.glob("*/result.json")):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        out.append([r["objective"] for r in sorted(rows, key=lambda r: r["epoch"])])
+    return out
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Rank correlation (no ties expected: objectives are continuous)."""
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def rung_agreement(runs: list[dict], max_t: int, pretrain_epochs: int) -> dict:
+    """How well a trial's objective after epoch k predicts its final objective: Spearman rank
+    correlation over the full-length trials of the no-early-stopping searcher (c), per k. ASHA
+    ranks trials at its rungs exactly this way, so a low value at a rung means ASHA stops trials
+    there nearly at random."""
+    full = [
+        h for r in runs if r["method"] == "random_no_es" for h in r.get("histories", []) if len(h) >= max_t
+    ]
+    out = {"trials": len(full), "per_epoch": []}
+    for k in range(1, max_t):
+        rho = (
+            spearman([h[k - 1] for h in full], [h[max_t - 1] for h in full])
+            if len(full) > 2
+            else float("nan")
+        )
+        stage = "pretraining (zero-shot on PTB-XL)" if k <= pretrain_epochs else "fine-tuning"
+        out["per_epoch"].append({"epoch": k, "stage": stage, "spearman_with_final": rho})
+    return out
+
+
 def run(method: str, seed: int, base: dict, storage: Path, budget_trials: int) -> dict:
     from ecgtune.search import run_sweep, total_epochs
     from ecgtune.spec import spec_from_dict
@@ -81,6 +116,7 @@ def run(method: str, seed: int, base: dict, storage: Path, budget_trials: int) -
         "wall_s": time.time() - t0,
         "trials": len(result.summary["trials"]),
         "curve": curve(Path(result.experiment_path), max_t),
+        "histories": histories(Path(result.experiment_path)),
     }
 
 
@@ -105,7 +141,9 @@ LABELS = {
 }
 
 
-def summarize(runs: list[dict], budget: int, seeds: int) -> tuple[dict, list[dict]]:
+def summarize(
+    runs: list[dict], budget: int, seeds: int, max_t: int, pretrain_epochs: int
+) -> tuple[dict, list[dict]]:
     """Per-method best at the budget, and the budget fraction (a) needs to reach (c)'s final best."""
     per_method = {}
     for method in METHODS:
@@ -151,8 +189,24 @@ def summarize(runs: list[dict], budget: int, seeds: int) -> tuple[dict, list[dic
             title="TPE + ASHA against random search without early stopping",
         ),
     ]
-    return {"budget_trial_epochs": budget, "runs": runs, "per_method": per_method,
-            "tpe_asha_fraction_to_reach_random_final": fractions}, tables  # fmt: skip
+    agreement = rung_agreement(runs, max_t, pretrain_epochs)
+    if agreement["trials"]:
+        tables.append(
+            table(
+                ["after epoch", "stage", "Spearman rho with the final objective"],
+                [[e["epoch"], e["stage"], f"{e['spearman_with_final']:.2f}"] for e in agreement["per_epoch"]],
+                title=f"do early epochs rank trials as their final objective does? "
+                f"{agreement['trials']} full-length trials of (c)",
+            )
+        )
+    results = {
+        "budget_trial_epochs": budget,
+        "runs": runs,
+        "per_method": per_method,
+        "tpe_asha_fraction_to_reach_random_final": fractions,
+        "rung_agreement": agreement,
+    }
+    return results, tables
 
 
 def plot(runs: list[dict], budget: int, path: Path) -> None:
@@ -210,7 +264,7 @@ def main() -> None:
         args.seeds = len({r["seed"] for r in runs})
     else:
         runs, budget = sweep_all(args, base, max_t), args.trials * max_t
-    results, tables = summarize(runs, budget, args.seeds)
+    results, tables = summarize(runs, budget, args.seeds, max_t, base["stages"]["pretrain"]["epochs"])
     out = Path(args.out)
     write_json(out, "search_efficiency", args, results, tables)
     plot(runs, budget, out.with_suffix(".png"))

@@ -145,7 +145,9 @@ class TwoStageRun:
 
     def load(self, directory: str | Path) -> None:
         """Resume after the last epoch saved in `directory`."""
-        state = torch.load(Path(directory) / STATE_FILE, map_location=self.device, weights_only=True)
+        # Onto the CPU: load_state_dict moves weights and optimiser state to where the parameters are, and
+        # the RNG state must stay a CPU tensor (a CUDA one makes set_rng_state fail on resume).
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
         if state["stage"] != self.stage:
             self.stage = state["stage"]
             self.trainer = self._make_trainer()

@@ -214,8 +214,8 @@ class Batches:
 
 
 def _to_device_in_chunks(signals: np.ndarray, device: torch.device, rows: int = 1024) -> torch.Tensor:
-    """A device copy of a (memory-mapped, read-only) array, read ~80 MB at a time: the host never holds
-    a second copy of a split of many GB."""
+    """A device copy of a read-only memory map. torch cannot wrap a read-only array (it warns), and a
+    writable copy of the whole split would hold it twice on the host: copy ~80 MB at a time."""
     out = torch.empty(signals.shape, dtype=torch.int16, device=device)
     for start in range(0, len(signals), rows):
         out[start : start + rows].copy_(torch.from_numpy(np.array(signals[start : start + rows])))
@@ -365,10 +365,17 @@ class Trainer:
         if Standardizer.from_dict(state["standardizer"]) != self.standardizer:
             raise ValueError("checkpoint was trained with other target statistics than this training split")
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        # The kernel choice (fused or not) belongs to this device, not to the one that saved the state:
+        # a checkpoint written on a CPU would otherwise resume on a GPU without the fused kernel.
+        saved = dict(state["optimizer"])
+        saved["param_groups"] = [
+            {**group, "fused": own["fused"], "foreach": own["foreach"]}
+            for group, own in zip(saved["param_groups"], self.optimizer.param_groups, strict=True)
+        ]
+        self.optimizer.load_state_dict(saved)
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch = int(state["epoch"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())  # the CPU generator's state, whatever map_location did
 
 
 def _make_schedule(
