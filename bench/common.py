@@ -470,6 +470,44 @@ def train_step(model, optimizer, x, y) -> float:
     return float(loss.detach())
 
 
+def timed_steps(make_iter, model, optimizer, steps: int, device=None) -> tuple[int, dict[str, float]]:
+    """A fresh iterator (its start-up and first batch timed apart), one untimed warm-up step, then `steps`
+    training steps, each split into the wait for its batch (next()) and the step itself. With `device`,
+    each batch is copied there as the study's loop did; `train_step` reads the loss, so each step ends
+    when the device is done with it. Returns (ECGs trained, timings)."""
+
+    def step(x, y) -> None:
+        if device is not None:
+            x, y = x.to(device), y.to(device)
+        train_step(model, optimizer, x, y)
+
+    t0 = time.perf_counter()
+    it = make_iter()
+    x, y = next(it)  # worker start-up and the first batch
+    startup = time.perf_counter() - t0
+    step(x, y)  # warm-up, untimed
+    wait = compute = 0.0
+    n = 0
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        x, y = next(it)
+        t1 = time.perf_counter()
+        step(x, y)
+        t2 = time.perf_counter()
+        wait += t1 - t0
+        compute += t2 - t1
+        n += len(x)
+    del it  # shuts DataLoader workers down before another side runs
+    return n, {
+        "wait_s": wait,
+        "compute_s": compute,
+        "startup_s": startup,
+        "wait_share": wait / (wait + compute) if steps else 0.0,
+        "wait_ms_per_step": 1000 * wait / max(steps, 1),
+        "compute_ms_per_step": 1000 * compute / max(steps, 1),
+    }
+
+
 # --------------------------------------------------------------------------- models from a search space
 
 # Knobs whose *low* end is the larger model: a smaller patch means more tokens.

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -43,35 +42,6 @@ import common  # noqa: E402
 SCRIPT = "data_stalls"
 SPACES = {"resnet_widths": "sweeps/resnet_widths.yaml", "vit_patch_depth": "sweeps/vit_patch_depth.yaml"}
 SIZES = ("smallest", "median", "largest")
-
-
-def run_side(make_iter, model, optimizer, steps: int) -> tuple[int, dict]:
-    """Warm-up step, then `steps` timed steps; returns (ECGs trained, timings)."""
-    t0 = time.perf_counter()
-    it = make_iter()
-    x, y = next(it)  # worker start-up and the first batch
-    startup = time.perf_counter() - t0
-    common.train_step(model, optimizer, x, y)  # warm-up, untimed
-    wait = compute = 0.0
-    n = 0
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        x, y = next(it)
-        t1 = time.perf_counter()
-        common.train_step(model, optimizer, x, y)
-        t2 = time.perf_counter()
-        wait += t1 - t0
-        compute += t2 - t1
-        n += len(x)
-    del it  # shuts DataLoader workers down before the other side runs
-    return n, {
-        "wait_s": wait,
-        "compute_s": compute,
-        "startup_s": startup,
-        "wait_share": wait / (wait + compute),
-        "wait_ms_per_step": 1000 * wait / steps,
-        "compute_ms_per_step": 1000 * compute / steps,
-    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,8 +106,12 @@ def main(argv: list[str] | None = None) -> None:
                     return iter(common.study_loader(dataset, bs, args.workers, seed=args.seed + epoch))
 
                 sides = {
-                    "ecgtune": lambda mi=ecgtune_iter, m=model, o=optimizer: run_side(mi, m, o, args.steps),
-                    "study": lambda mi=study_iter, m=model, o=optimizer: run_side(mi, m, o, args.steps),
+                    "ecgtune": lambda mi=ecgtune_iter, m=model, o=optimizer: common.timed_steps(
+                        mi, m, o, args.steps
+                    ),
+                    "study": lambda mi=study_iter, m=model, o=optimizer: common.timed_steps(
+                        mi, m, o, args.steps
+                    ),
                 }
                 m = common.alternate(sides, args.repeats, log=common.log)
                 s = common.summarize(m)

@@ -359,21 +359,12 @@ def study_side(dataset, model, optimizer, workers: int, device, args):
     def run(warm: bool = False) -> tuple[int, dict[str, float]]:
         nonlocal passes
         passes += 1
-        it = iter(common.study_loader(dataset, args.batch_size, workers, seed=args.seed + passes))
-        x, y = next(it)
-        common.train_step(model, optimizer, x.to(device), y.to(device))
-        steps = 1 if warm else args.study_steps
-        wait = compute = 0.0
-        n = 0
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            x, y = next(it)
-            t1 = time.perf_counter()
-            common.train_step(model, optimizer, x.to(device), y.to(device))  # float(loss) waits for the GPU
-            t2 = time.perf_counter()
-            wait, compute, n = wait + t1 - t0, compute + t2 - t1, n + len(x)
-        del it  # its workers stop before another side runs
-        return n, {"timed_seconds": wait + compute, "wait_share": wait / (wait + compute)}
+
+        def make_iter():
+            return iter(common.study_loader(dataset, args.batch_size, workers, seed=args.seed + passes))
+
+        n, t = common.timed_steps(make_iter, model, optimizer, 1 if warm else args.study_steps, device)
+        return n, {"timed_seconds": t["wait_s"] + t["compute_s"], "wait_share": t["wait_share"]}
 
     return run
 
