@@ -47,12 +47,20 @@ def curve(experiment: Path, max_epochs: int) -> list[tuple[int, float]]:
     return out
 
 
-def histories(experiment: Path) -> list[list[float]]:
-    """Each trial's objective after each of its epochs (stopped trials' lists are shorter)."""
-    out = []
+HISTORY_METRICS = ("objective", "deepfake_val_objective")
+
+
+def histories(experiment: Path) -> dict[str, list[list[float]]]:
+    """Per metric, each trial's value after each of its epochs (stopped trials' lists are shorter):
+    the PTB-XL objective, and the DeepFake validation objective that pretraining epochs also report."""
+    out: dict[str, list[list[float]]] = {m: [] for m in HISTORY_METRICS}
     for f in sorted(experiment.glob("*/result.json")):
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        out.append([r["objective"] for r in sorted(rows, key=lambda r: r["epoch"])])
+        rows = sorted(
+            (json.loads(line) for line in f.read_text().splitlines() if line.strip()),
+            key=lambda r: r["epoch"],
+        )
+        for m in HISTORY_METRICS:
+            out[m].append([r.get(m, float("nan")) for r in rows])
     return out
 
 
@@ -63,22 +71,29 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 
 def rung_agreement(runs: list[dict], max_t: int, pretrain_epochs: int) -> dict:
-    """How well a trial's objective after epoch k predicts its final objective: Spearman rank
-    correlation over the full-length trials of the no-early-stopping searcher (c), per k. ASHA
-    ranks trials at its rungs exactly this way, so a low value at a rung means ASHA stops trials
-    there nearly at random."""
-    full = [
-        h for r in runs if r["method"] == "random_no_es" for h in r.get("histories", []) if len(h) >= max_t
-    ]
-    out = {"trials": len(full), "per_epoch": []}
+    """How well a trial's value after epoch k predicts its final objective: Spearman rank correlation
+    over the full-length trials of the no-early-stopping searcher (c), per k, for the PTB-XL objective
+    (what ASHA ranks trials by at its rungs: a low value at a rung means ASHA stops trials there nearly
+    at random) and, during pretraining, the DeepFake validation objective (a candidate proxy)."""
+    per_metric: dict[str, list[list[float]]] = {m: [] for m in HISTORY_METRICS}
+    for r in runs:
+        if r["method"] != "random_no_es":
+            continue
+        h = r.get("histories", {})
+        h = h if isinstance(h, dict) else {"objective": h}  # JSON of 2026-12-01 runs: objective only
+        for i, objective in enumerate(h.get("objective", [])):
+            if len(objective) >= max_t:
+                for m in HISTORY_METRICS:
+                    per_metric[m].append(h[m][i] if m in h else [float("nan")] * max_t)
+    final = [o[max_t - 1] for o in per_metric["objective"]]
+    out: dict = {"trials": len(final), "per_epoch": []}
     for k in range(1, max_t):
-        rho = (
-            spearman([h[k - 1] for h in full], [h[max_t - 1] for h in full])
-            if len(full) > 2
-            else float("nan")
-        )
-        stage = "pretraining (zero-shot on PTB-XL)" if k <= pretrain_epochs else "fine-tuning"
-        out["per_epoch"].append({"epoch": k, "stage": stage, "spearman_with_final": rho})
+        row = {"epoch": k, "stage": "pretraining" if k <= pretrain_epochs else "fine-tuning"}
+        for m in HISTORY_METRICS:
+            at_k = [v[k - 1] for v in per_metric[m]]
+            ok = len(final) > 2 and all(np.isfinite(at_k))
+            row[f"spearman_{m}_with_final"] = spearman(at_k, final) if ok else float("nan")
+        out["per_epoch"].append(row)
     return out
 
 
@@ -146,7 +161,7 @@ def summarize(
 ) -> tuple[dict, list[dict]]:
     """Per-method best at the budget, and the budget fraction (a) needs to reach (c)'s final best."""
     per_method = {}
-    for method in METHODS:
+    for method in [m for m in METHODS if any(r["method"] == m for r in runs)]:
         rs = [r for r in runs if r["method"] == method]
         per_method[method] = {
             "best_at_budget": [best_at(r["curve"], budget) for r in rs],
@@ -154,7 +169,7 @@ def summarize(
             "wall_s": [r["wall_s"] for r in rs],
         }
     fractions = []
-    for seed in range(seeds):
+    for seed in range(seeds) if {"random_no_es", "tpe_asha"} <= set(per_method) else ():
         c = next(r for r in runs if r["method"] == "random_no_es" and r["seed"] == seed)
         a = next(r for r in runs if r["method"] == "tpe_asha" and r["seed"] == seed)
         reach = first_reaching(a["curve"], best_at(c["curve"], budget))
@@ -178,25 +193,36 @@ def summarize(
             ["searcher", "median best at budget", "range over seeds", "trial-epochs used", "wall s"],
             rows,
             title=f"search efficiency, budget {budget} trial-epochs, {seeds} seed(s); lower = better",
-        ),
-        table(
-            ["measure", "value"],
-            [
-                ["budget fraction (a) needs to reach (c)'s final best, per seed", frac_text],
-                ["median of those reached", f"{np.median(reached):.0%}" if reached else "-"],
-                ["goal", "<= 25%"],
-            ],
-            title="TPE + ASHA against random search without early stopping",
-        ),
+        )
     ]
+    if fractions:
+        tables.append(
+            table(
+                ["measure", "value"],
+                [
+                    ["budget fraction (a) needs to reach (c)'s final best, per seed", frac_text],
+                    ["median of those reached", f"{np.median(reached):.0%}" if reached else "-"],
+                    ["goal", "<= 25%"],
+                ],
+                title="TPE + ASHA against random search without early stopping",
+            )
+        )
     agreement = rung_agreement(runs, max_t, pretrain_epochs)
     if agreement["trials"]:
         tables.append(
             table(
-                ["after epoch", "stage", "Spearman rho with the final objective"],
-                [[e["epoch"], e["stage"], f"{e['spearman_with_final']:.2f}"] for e in agreement["per_epoch"]],
-                title=f"do early epochs rank trials as their final objective does? "
-                f"{agreement['trials']} full-length trials of (c)",
+                ["after epoch", "stage", "PTB-XL objective (ASHA's)", "DeepFake val objective"],
+                [
+                    [
+                        e["epoch"],
+                        e["stage"],
+                        f"{e['spearman_objective_with_final']:.2f}",
+                        f"{e['spearman_deepfake_val_objective_with_final']:.2f}",
+                    ]
+                    for e in agreement["per_epoch"]
+                ],
+                title=f"do early epochs rank trials as their final objective does? Spearman rho with the "
+                f"final PTB-XL objective, {agreement['trials']} full-length trials of (c)",
             )
         )
     results = {
@@ -218,7 +244,7 @@ def plot(runs: list[dict], budget: int, path: Path) -> None:
 
     grid = np.arange(1, budget + 1)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method in METHODS:
+    for method in [m for m in METHODS if any(r["method"] == m for r in runs)]:
         curves: list[np.ndarray] = []
         for r in (r for r in runs if r["method"] == method):
             spent = np.array([c[0] for c in r["curve"]] or [0])
@@ -250,6 +276,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--trials", type=int, default=8, help="trials of the no-early-stopping searcher")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, help="searchers to run (all)")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "search_efficiency.json"))
     p.add_argument("--from-json", help="no runs: tables and plot from the runs of an earlier JSON")
     args = p.parse_args()
@@ -286,7 +313,7 @@ def sweep_all(args: argparse.Namespace, base: dict, max_t: int) -> list[dict]:
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):
-            for method in METHODS:  # interleaved: every seed runs all four back to back
+            for method in args.methods:  # interleaved: every seed runs all of them back to back
                 runs.append(run(method, seed, base, Path(tmp), args.trials))
                 print(
                     f"{method} seed {seed}: {runs[-1]['trials']} trials, {runs[-1]['wall_s']:.0f} s",

@@ -26,7 +26,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.metrics import Gauge
 
-from ecgtune.spec import Spec, StoreSpec, load_spec, make_sampler, resolve_store
+from ecgtune.spec import Spec, StoreSpec, asha_max_t, load_spec, make_sampler, resolve_store
 from ecgtune.targets import TARGETS, check_targets
 from ecgtune.trial import run_trial
 
@@ -157,7 +157,6 @@ def progress_table(spec: Spec) -> tune.CLIReporter:
 def build_tuner(
     spec: Spec, storage: str, experiment_name: str
 ) -> tuple[tune.Tuner, PruneAwareOptunaSearch | None]:
-    max_t = total_epochs(spec)
     search = spec.search
     trainable = tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     param_space: dict[str, Any] = {"spec": spec.model_dump(mode="json")}
@@ -185,8 +184,9 @@ def build_tuner(
         )
     if search is not None and search.asha is not None:
         scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=max_t,
+            # finetune_epoch stays 0 through pretraining, so no rung is reached there (spec.ASHASpec.clock).
+            time_attr="finetune_epoch" if search.asha.clock == "finetune" else "training_iteration",
+            max_t=asha_max_t(spec, search.asha),
             grace_period=search.asha.grace_period,
             reduction_factor=search.asha.reduction_factor,
             brackets=search.asha.brackets,

@@ -1,16 +1,18 @@
 """Pretrain on DeepFake, then fine-tune on PTB-XL: the two-stage run behind every trial and final training.
 
 `TwoStageRun` advances one epoch per `step()` across both stages, so a sweep
-has a single clock (`training_iteration`) that ASHA can cut anywhere, and a
-checkpoint after any epoch resumes exactly there.
+has a single clock (`training_iteration`) and a checkpoint after any epoch
+resumes exactly there. Each epoch also reports `finetune_epoch` (0 while
+pretraining), the clock ASHA counts by default (spec `search.asha.clock`).
 
 The objective is always measured on the PTB-XL validation fold. During
 pretraining the DeepFake-trained model predicts PTB-XL validation ECGs
-zero-shot (its DeepFake target statistics map outputs to bpm/ms): that costs
-one validation pass and measures exactly what pretraining is for — whether
-what was learnt holds on real ECGs — so ASHA can stop a trial whose
-pretraining does not transfer. (A linear probe would need a fit per epoch and
-says less about the network the fine-tuning stage will actually start from.)
+zero-shot (its DeepFake target statistics map outputs to bpm/ms), one
+validation pass per epoch: it shows on the dashboard whether what is learnt
+holds on real ECGs. It is a poor basis for stopping trials, though: on the
+demo data its rank correlation with the final fine-tuned objective was
+0.04-0.08 over 40 trials (docs/benchmarks.md part 4), which is why ASHA by
+default judges fine-tuning epochs only.
 
 No Ray here: the trial adapter and final training drive it.
 """
@@ -104,6 +106,8 @@ class TwoStageRun:
             "objective": ptbxl.objective,
             "stage": stage,
             "stage_epoch": stage_epoch,
+            # ASHA's clock when it counts fine-tuning only (spec search.asha.clock): 0 while pretraining.
+            "finetune_epoch": stage_epoch if stage == "finetune" else 0,
             "epoch": self.epochs_done,
             "total_epochs": self.total_epochs,
             "train_loss": stats.loss,

@@ -144,7 +144,7 @@ BAD: dict[str, tuple[str, Callable[[dict[str, Any]], None], list[str]]] = {
     "typo in grace_period": (
         "smoke",
         setting("search/asha/grace_perod", 1),
-        ["unknown key 'grace_perod' in search.asha; allowed: grace_period, reduction_factor, brackets"],
+        ["unknown key 'grace_perod' in search.asha; allowed: clock, grace_period, reduction_factor"],
     ),
     "unknown top-level key": (
         "smoke",
@@ -227,10 +227,20 @@ BAD: dict[str, tuple[str, Callable[[dict[str, Any]], None], list[str]]] = {
         space("finetune.lrr", type="float", low=1e-4, high=1e-2),
         ["search.space.finetune.lrr: unknown stage field 'lrr'; allowed: epochs, batch_size, lr"],
     ),
-    "grace period beyond the epochs": (
+    "grace period beyond the fine-tuning epochs": (
         "smoke",
-        setting("search/asha/grace_period", 6),
-        ["search.asha.grace_period: 6 is more than the 5 epochs a trial trains"],
+        setting("search/asha/grace_period", 4),
+        ["search.asha.grace_period: 4 is more than the 3 fine-tuning epochs ASHA counts (search.asha.clock)"],
+    ),
+    "grace period beyond all epochs": (
+        "smoke",
+        lambda d: d["search"]["asha"].update(clock="all", grace_period=6),
+        ["search.asha.grace_period: 6 is more than the 5 epochs a trial trains (pretrain 2 + finetune 3)"],
+    ),
+    "unknown ASHA clock": (
+        "smoke",
+        setting("search/asha/clock", "pretrain"),
+        ["search.asha.clock", "'finetune' or 'all'"],
     ),
     "freeze beyond the epochs": (
         "smoke",

@@ -73,6 +73,9 @@ def test_smoke_sweep_asha_stops_trials_and_tpe_sees_them_pruned(stores, tmp_path
     finished = [t for t in trials if t["status"] == "finished"]
     assert stopped, "ASHA stopped no trial before max_t"
     assert all(t["epochs"] < MAX_EPOCHS for t in stopped)
+    # ASHA counts fine-tuning epochs (search.asha.clock defaults to finetune): no trial is stopped
+    # during its one pretraining epoch, where the objective is only a zero-shot read-out.
+    assert all(t["epochs"] >= 2 for t in stopped), [t["epochs"] for t in stopped]
     assert all(t["epochs"] == MAX_EPOCHS for t in finished)
     # TPE was told the truth: every ASHA-stopped trial is PRUNED, not COMPLETE with a low-fidelity value.
     assert s["optuna_states"] == {"complete": len(finished), "pruned": len(stopped)}
