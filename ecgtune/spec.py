@@ -760,8 +760,8 @@ def _search_problems(spec: Spec, search: SearchSpec, deep: bool) -> list[str]:
     if not problems:
         problems += _relation_problems(space, base)
     if search.asha is not None and search.asha.grace_period > asha_max_t(spec, search.asha):
-        pre = _total_epochs(spec) - spec.stages.finetune.epochs
         if search.asha.clock == "all":
+            pre = _total_epochs(spec) - spec.stages.finetune.epochs
             counted = (
                 f"the {_total_epochs(spec)} epochs a trial trains (pretrain {pre} + finetune "
                 f"{spec.stages.finetune.epochs})"
@@ -1199,8 +1199,8 @@ __all__ = [
     "StoreSpec",
     "TransferSpec",
     "apply_params",
-    "asha_max_t",
     "apply_variant",
+    "asha_max_t",
     "check_spec",
     "data_root",
     "describe_space",
