@@ -22,6 +22,7 @@ import torch
 
 from ecgtune import __version__
 from ecgtune.data.store import ECGStore
+from ecgtune.paths import MARKER_FILE, OutputPathError, check_apart_from_inputs, claim_output_dir
 from ecgtune.spec import Spec, content_key_of_spec, resolve_store
 from ecgtune.stages import TwoStageRun
 from ecgtune.targets import MICROVOLTS_PER_MILLIVOLT, TARGETS
@@ -62,6 +63,7 @@ def train_final(
     """Train `spec` (pretraining, then fine-tuning with early stopping on validation), then test once."""
     out_dir = Path(out_dir)
     store = ECGStore(resolve_store(spec.data.finetune))
+    claim_final_dir(out_dir, store)
     earlier = previous_evaluations(spec, store)
     if earlier and not force:
         when = ", ".join(e["time"] for e in earlier)
@@ -70,7 +72,7 @@ def train_final(
             f"see {_ledger(store)}). Every further look at the test fold biases it; "
             "pass --force to evaluate again anyway."
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(out_dir, "final", inputs=[store.path])
     run = TwoStageRun(spec, device=device)
     history, best_objective, best_epoch, since_best = [], float("inf"), 0, 0
     best_dir = out_dir / "best"
@@ -101,6 +103,21 @@ def train_final(
     for name in (MODEL_WEIGHTS, MODEL_META):
         shutil.copy(best_dir / name, out_dir / name)
     return FinalResult(out_dir, test, best_epoch)
+
+
+def claim_final_dir(out_dir: Path, store: ECGStore) -> None:
+    """Refuse, before any work, an output directory that is not new or empty, or lies in the data.
+
+    Final training never writes into a used directory, not even an earlier final training's:
+    its model and its one test result would be lost.
+    """
+    check_apart_from_inputs(out_dir, [store.path])
+    if out_dir.exists() and (not out_dir.is_dir() or any(p.name != MARKER_FILE for p in out_dir.iterdir())):
+        what = "a file" if not out_dir.is_dir() else "a non-empty directory"
+        raise OutputPathError(
+            f"{out_dir}: {what}; `ecgtune train` writes a new model and test result into a new or empty "
+            "directory, so nothing written before is lost — choose another -o"
+        )
 
 
 def save_model(run: TwoStageRun, directory: Path) -> None:

@@ -42,6 +42,7 @@ from matplotlib.ticker import MaxNLocator
 from pydantic import ValidationError
 
 from ecgtune.models import PRESETS
+from ecgtune.paths import check_new_file, claim_output_dir, marker_kind, write_marker
 from ecgtune.spec import Distribution, Spec, apply_variant, describe_space, resolve_store
 from ecgtune.targets import TARGET_NAMES, TARGETS, check_targets
 
@@ -744,8 +745,7 @@ def write_report(experiment: Experiment, outdir: str | os.PathLike[str], top_k: 
     """Write report.md, trials.csv and the PNG plots into the local directory `outdir`; return them."""
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1 (got {top_k})")
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_report_dir(Path(outdir))
     written = [out / "trials.csv"]
     experiment.trials.to_csv(written[0], index=False)
     importances, imp_notes = param_importances(experiment)
@@ -753,6 +753,18 @@ def write_report(experiment: Experiment, outdir: str | os.PathLike[str], top_k: 
     text = _markdown(experiment, top_k, importances, [*imp_notes, *plot_notes], plots)
     (out / "report.md").write_text(text, encoding="utf-8")
     return [out / "report.md", *written, *plots]
+
+
+def claim_report_dir(out: Path) -> Path:
+    """The report directory, checked: reports are rewritten only in a directory ecgtune marked as one.
+
+    A directory of only report files, written before directories were marked, is adopted."""
+    if out.is_dir() and marker_kind(out) is None:
+        names = [p.name for p in out.iterdir()]
+        ours = all(n in ("report.md", "trials.csv") or n.endswith(".png") for n in names)
+        if "report.md" in names and ours:
+            write_marker(out, "report")
+    return claim_output_dir(out, "report")
 
 
 # ------------------------------------------------------------------------------------- markdown
@@ -1368,6 +1380,7 @@ def export_best(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> tu
     from ecgtune import __version__
     from ecgtune.spec import apply_params, dump_spec
 
+    out = check_new_file(out)
     experiment = load_experiment(path, baseline=False)
     if experiment.spec is None:
         raise ExperimentError(f"{path}: no spec found (spec.yaml or a trial's params.json); cannot export")
@@ -1404,8 +1417,8 @@ def export_best(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> tu
         "exported": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     config = config.model_copy(update={"origin": origin, "name": f"{spec.name}-best"})
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    check_new_file(out)  # again: the file may have appeared meanwhile
     dump_spec(config, out)
     return out, origin
 

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ecgtune.data.checks import check_no_flat_lead
 from ecgtune.data.errors import LabelFormatError, RecordFormatError
 from ecgtune.data.store import (
     SPLITS,
@@ -47,11 +48,13 @@ from ecgtune.data.store import (
     StoreWriter,
     append_readable,
     assign_split_by_hash,
+    claim_store_path,
     content_key,
     file_fingerprint,
     open_or_build,
 )
-from ecgtune.targets import LEADS, N_SAMPLES, TARGET_NAMES, TARGETS
+from ecgtune.paths import inside_root
+from ecgtune.targets import LEADS, MICROVOLTS_PER_MILLIVOLT, N_SAMPLES, TARGET_NAMES, TARGETS
 
 SOURCE = "deepfake-published"
 LABEL_ALGORITHM = "GE MUSE 12SL (published ground truth)"
@@ -70,7 +73,11 @@ GROUND_TRUTH_COLUMNS: tuple[str, ...] = ("patid", "avgrrinterval", "pr", "qrs", 
 
 INT16_MIN, INT16_MAX = int(np.iinfo(np.int16).min), int(np.iinfo(np.int16).max)
 CHUNK_SIZE = 512  # ECGs per StoreWriter.append: 512 x 8 x 5000 int16 = 41 MB
-SKIP_REASONS: tuple[str, ...] = ("missing_asc", "malformed_asc")
+SKIP_REASONS: tuple[str, ...] = (
+    "missing_asc", "malformed_asc", "flat_lead", "path_outside_root", "asc_without_labels",
+)  # fmt: skip
+# Marks a patid that would name a file outside the folder of signals: skipped without being opened.
+OUTSIDE = "\0outside:"
 MAX_SKIP_EXAMPLES = 5
 
 
@@ -115,7 +122,9 @@ def read_asc(path: str | os.PathLike) -> np.ndarray:
         raise RecordFormatError(
             f"{path}: values span {lo}..{hi} µV; expected int16 microvolts ({INT16_MIN}..{INT16_MAX})"
         )
-    return np.ascontiguousarray(data.T, dtype=np.int16)  # (5000, 8) -> (8, 5000)
+    signals = np.ascontiguousarray(data.T, dtype=np.int16)  # (5000, 8) -> (8, 5000)
+    check_no_flat_lead(signals / MICROVOLTS_PER_MILLIVOLT, path)
+    return signals
 
 
 def write_asc(path: str | os.PathLike, signals_uv: np.ndarray) -> Path:
@@ -286,11 +295,27 @@ def _detect_layout(root: str | os.PathLike) -> tuple[str, list[_Table]]:
     return "single", [_Table(csv, None, None)]
 
 
+def _asc_path(folder: Path, patid: str) -> str:
+    """`folder/<patid>.asc` if that names an existing file inside `folder` (never outside it), else ""."""
+    p = inside_root(folder, f"{patid}.asc")
+    return str(p) if p is not None and p.is_file() else ""
+
+
+def _unlabelled_asc(folder: Path, patids: Sequence[str], csv: Path) -> list[tuple[str, str]]:
+    """(reason, message) for each `.asc` in `folder` that has no row in its ground-truth CSV."""
+    labelled = {f"{i}.asc" for i in patids}
+    return [
+        ("asc_without_labels", f"{folder / name}: no row in {csv.name}; not loaded")
+        for name in sorted(p.name for p in folder.glob("*.asc"))
+        if name not in labelled
+    ]
+
+
 def _find_asc_dir(root: Path, ids: Sequence[str], csv: Path) -> Path:
     """The folder holding `<patid>.asc`: the root itself or exactly one subfolder."""
     probe = list(ids[:50])
     candidates = [root, *sorted(p for p in root.iterdir() if p.is_dir())]
-    hits = [d for d in candidates if any((d / f"{i}.asc").is_file() for i in probe)]
+    hits = [d for d in candidates if any(_asc_path(d, i) for i in probe)]
     if not hits:
         raise FileNotFoundError(
             errno.ENOENT,
@@ -314,13 +339,16 @@ def _read_chunk(paths: Sequence[str]) -> tuple[np.ndarray, list[tuple[str, str] 
     out = np.zeros((len(paths), len(LEADS), N_SAMPLES), dtype=np.int16)
     status: list[tuple[str, str] | None] = []
     for i, p in enumerate(paths):
+        if p.startswith(OUTSIDE):
+            status.append(("path_outside_root", f"{p[len(OUTSIDE) :]} names a file outside it; not opened"))
+            continue
         try:
             out[i] = read_asc(p)
             status.append(None)
         except FileNotFoundError as e:
             status.append(("missing_asc", str(e)))
         except RecordFormatError as e:
-            status.append(("malformed_asc", str(e)))
+            status.append(("flat_lead" if e.reason == "flat_lead" else "malformed_asc", str(e)))
     return out, status
 
 
@@ -370,16 +398,24 @@ def convert_deepfake(
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be a positive number of ECGs or None, got {limit}")
     layout, tables = _detect_layout(root)
+    claim_store_path(out, inputs=[root])
 
-    frames, flags = [], []
+    frames, flags, unlabelled = [], [], []
     for table in tables:
         labels, implausible = _read_ground_truth(table.csv)
-        if limit is not None:
-            labels, implausible = labels.iloc[:limit], implausible.iloc[:limit]
         asc_dir = table.asc_dir or _find_asc_dir(root, labels["record_id"].tolist(), table.csv)
+        if limit is None:  # with a limit, files past it are left out on purpose
+            unlabelled += _unlabelled_asc(asc_dir, labels["record_id"].tolist(), table.csv)
+        else:
+            labels, implausible = labels.iloc[:limit], implausible.iloc[:limit]
+        # A patid is used as a file name only if it stays inside the folder of signals (ecgtune.paths).
+        inside = [inside_root(asc_dir, f"{i}.asc") for i in labels["record_id"]]
         labels = labels.assign(
             split=table.split if table.split else assign_split_by_hash(labels["record_id"], split_fractions),
-            path=[str(asc_dir / f"{i}.asc") for i in labels["record_id"]],
+            path=[
+                str(p) if p is not None else f"{OUTSIDE}{asc_dir}: patid {i!r}"
+                for p, i in zip(inside, labels["record_id"], strict=True)
+            ],
         )
         frames.append(labels)
         flags.append(implausible)
@@ -391,7 +427,7 @@ def convert_deepfake(
             f"{root}: patid values appear in more than one ground-truth table, e.g. {dup.iloc[:5].tolist()}"
         )
 
-    paths = [Path(p) for p in rows["path"]]
+    paths = [Path(p) for p in rows["path"] if not p.startswith(OUTSIDE)]
     exists = [p.is_file() for p in paths]
     present = [p for p, e in zip(paths, exists, strict=True) if e]
     missing = sorted(p.name for p, e in zip(paths, exists, strict=True) if not e)
@@ -421,6 +457,7 @@ def convert_deepfake(
             "inputs": {"root": str(root.resolve()), "ground_truth": [t.csv.name for t in tables]},
         }
         tally = SkipTally(SKIP_REASONS, MAX_SKIP_EXAMPLES)
+        tally.add(unlabelled)
         store_cols = ["record_id", "patient_id", "split", *TARGET_NAMES]
         with StoreWriter(path, provenance) as w:
             chunks = _read_all(rows["path"].tolist(), workers)

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ecgtune.data.store import ECGStore, content_key
+from ecgtune.paths import claim_output_dir, marker_kind, write_marker
 
 N_DEEPFAKE = 640
 N_PTBXL = 200
@@ -36,10 +37,23 @@ SEED = 0
 DEMO_VERSION = 1  # bump when the recipe below changes, so cached demo stores rebuild
 
 
+# What a demo root holds; a root of only these, written before roots were marked, is adopted as ecgtune's.
+DEMO_ENTRIES = frozenset({"deepfake", "ptbxl", "ptbxl-format", ".ptbxl-format.building", ".build.lock"})
+
+
+def claim_demo_root(root: Path) -> Path:
+    """The demo root, checked: ecgtune builds (and replaces) demo data only in a directory it owns."""
+    root = Path(root)
+    if root.is_dir() and marker_kind(root) is None and (root / "ptbxl-format" / ".complete").is_file():
+        if {p.name for p in root.iterdir()} <= DEMO_ENTRIES:
+            write_marker(root, "demo")
+    return claim_output_dir(root, "demo")
+
+
 @contextmanager
 def _lock(root: Path) -> Iterator[None]:
     """One builder per node: a second process waits, then finds the store built."""
-    root.mkdir(parents=True, exist_ok=True)
+    claim_demo_root(root)
     with open(root / ".build.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:

@@ -9,7 +9,17 @@ from __future__ import annotations
 
 
 class RecordFormatError(ValueError):
-    """A signal file (DeepFake `.asc`, WFDB `.hea`/`.dat`) is missing parts, malformed or unusable."""
+    """A signal file (DeepFake `.asc`, WFDB `.hea`/`.dat`) is missing parts, malformed or unusable.
+
+    `reason` names the kind of problem; a converter counts skipped records under it.
+    """
+
+    def __init__(self, message: str, reason: str = "malformed_record"):
+        super().__init__(message)
+        self.reason = reason
+
+    def __reduce__(self):  # keep the reason across process pools
+        return (type(self), (str(self), self.reason))
 
 
 class LabelFormatError(ValueError):

@@ -34,7 +34,14 @@ import numpy as np
 import pandas as pd
 
 from ecgtune.data.labels import Labeller, LabelPool, empty_counts, get_labeller, merge_counts, package_version
-from ecgtune.data.store import ECGStore, StoreWriter, assign_split_by_hash, content_key, open_or_build
+from ecgtune.data.store import (
+    ECGStore,
+    StoreWriter,
+    assign_split_by_hash,
+    claim_store_path,
+    content_key,
+    open_or_build,
+)
 from ecgtune.targets import LEADS, N_SAMPLES
 
 SOURCE = "deepfake-generated"
@@ -193,6 +200,7 @@ def build_generated_store(
     if len(split_fractions) != 3:
         raise GenerateError(f"split_fractions must be (train, val, test), got {split_fractions}")
     assign_split_by_hash([], split_fractions)  # validates the fractions before any work
+    claim_store_path(out)
     lab = get_labeller(labeller) if isinstance(labeller, str) else labeller
     gen = generator_info()
     options = {"n": n, "seed": seed, "split_fractions": list(split_fractions), "noise": NOISE_SCHEME}

@@ -32,16 +32,20 @@ import pandas as pd
 import wfdb
 from scipy.signal import resample_poly
 
+from ecgtune.data.checks import check_no_flat_lead
 from ecgtune.data.errors import LabelFormatError, RecordFormatError
 from ecgtune.data.store import (
     ECGStore,
     SkipTally,
     StoreWriter,
     append_readable,
+    claim_store_path,
     content_key,
     file_fingerprint,
     open_or_build,
 )
+from ecgtune.data.wfdb_header import read_header
+from ecgtune.paths import inside_root
 from ecgtune.targets import (
     LEADS,
     MICROVOLTS_PER_MILLIVOLT,
@@ -127,7 +131,11 @@ FULL_READ_FACTOR = 4
 # edge transient falls outside the samples kept.
 RESAMPLE_MARGIN_S = 0.2
 CHUNK_SIZE = 256  # records per StoreWriter.append
-SKIP_REASONS: tuple[str, ...] = ("missing_record", "malformed_record")
+# Why a database row's record was skipped (RecordFormatError.reason; ecgtune.data.wfdb_header).
+SKIP_REASONS: tuple[str, ...] = (
+    "missing_record", "path_outside_root", "malformed_record", "malformed_header", "header_incomplete",
+    "header_names_other_record", "unsupported_record", "invalid_gain", "duplicate_lead", "flat_lead",
+)  # fmt: skip
 MAX_SKIP_EXAMPLES = 5
 
 
@@ -226,6 +234,12 @@ def read_database(root: str | os.PathLike) -> pd.DataFrame:
         row = df[names == ""].iloc[0]
         raise LabelFormatError(f"{path}: ecg_id {row['ecg_id']} has no filename_hr (record path)")
     df["filename_hr"] = names
+    shared = df.loc[names.duplicated(), "filename_hr"]
+    if len(shared):
+        raise LabelFormatError(
+            f"{path}: filename_hr {shared.iloc[0]!r} is given for more than one ecg_id; "
+            "expected one record per ECG (one signal stored under two ids would leak between splits)"
+        )
     df["scp_codes"] = [_parse_scp(s, path, i) for s, i in zip(df["scp_codes"], df["ecg_id"], strict=True)]
     df.attrs["source"] = str(path)
     return df
@@ -351,29 +365,6 @@ def _record_base(record_path: str | os.PathLike) -> Path:
     return p.with_suffix("") if p.suffix in (".hea", ".dat") else p
 
 
-def _peek_record_line(hea: Path) -> tuple[float, int | None] | None:
-    """(fs, sig_len) from a header's record line, or None if it does not parse simply.
-
-    Only used to decide how much of a long record to read: wfdb's own header
-    parser is slow (~15 ms), so it should run once per record, inside rdrecord.
-    """
-    try:
-        with open(hea, encoding="ascii", errors="replace") as f:
-            for line in f:
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                fields = line.split()
-                if len(fields) < 3:
-                    return None
-                fs = float(fields[2].split("/")[0].split("(")[0])
-                sig_len = int(fields[3]) if len(fields) > 3 else None
-                return (fs, sig_len) if fs > 0 else None
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def _input_samples(fs: float) -> tuple[Fraction, int, int]:
     """(resampling ratio 500/fs, input samples covering 10 s, input samples kept incl. margin)."""
     ratio = Fraction(SAMPLING_RATE_HZ) / Fraction(fs).limit_denominator(10_000)
@@ -386,7 +377,14 @@ def lead_channels(names: Sequence[str], where: str | os.PathLike) -> list[int]:
     case-insensitively; nothing is derived. Raises RecordFormatError naming the missing leads."""
     by_name: dict[str, int] = {}
     for i, n in enumerate(names):
-        by_name.setdefault(str(n).strip().upper(), i)
+        key = str(n).strip().upper()
+        if key in by_name and key in (lead.upper() for lead in LEADS):
+            raise RecordFormatError(
+                f"{where}: lead {n!r} appears twice (signals {by_name[key] + 1} and {i + 1}); "
+                "expected each lead once — which one is the ECG would be a guess",
+                reason="duplicate_lead",
+            )
+        by_name.setdefault(key, i)
     missing = [lead for lead in LEADS if lead.upper() not in by_name]
     if missing:
         raise RecordFormatError(
@@ -429,11 +427,11 @@ def read_record(record_path: str | os.PathLike) -> tuple[np.ndarray, dict[str, A
     hea = base.with_name(base.name + ".hea")
     if not hea.is_file():
         raise FileNotFoundError(errno.ENOENT, "WFDB header not found", str(hea))
+    header = read_header(hea)  # refuses what wfdb-python would fill in or ignore
     sampto = None  # whole record, unless the record line says it is long
-    peek = _peek_record_line(hea)
-    if peek is not None and peek[1] is not None:
-        _, n_need, n_keep = _input_samples(peek[0])
-        if peek[1] > FULL_READ_FACTOR * n_need:
+    if header.sig_len is not None:
+        _, n_need, n_keep = _input_samples(header.fs)
+        if header.sig_len > FULL_READ_FACTOR * n_need:
             sampto = n_keep
     try:
         rec = wfdb.rdrecord(str(base), sampto=sampto, physical=False, return_res=64)
@@ -481,8 +479,6 @@ def read_record(record_path: str | os.PathLike) -> tuple[np.ndarray, dict[str, A
             )
         checksum_verified = True
 
-    if any(rec.adc_gain[c] == 0 for c in channels):
-        raise RecordFormatError(f"{hea}: adc_gain 0 for a lead; expected a non-zero gain per physical unit")
     factors = []
     for lead, c in zip(LEADS, channels, strict=True):
         unit = rec.units[c] if rec.units else "mV"
@@ -503,6 +499,7 @@ def read_record(record_path: str | os.PathLike) -> tuple[np.ndarray, dict[str, A
         # (n_in, 8) -> (>= 5000, 8); the first 5000 output samples cover the first 10 s.
         p = resample_poly(p, ratio.numerator, ratio.denominator, axis=0, padtype="line")
     signals = np.ascontiguousarray(p[:N_SAMPLES].T, dtype=np.float32)  # (8, 5000) mV
+    check_no_flat_lead(signals, base)
     total = sig_len if sig_len is not None else rec.d_signal.shape[0]
     info = {
         "record": str(base),
@@ -696,11 +693,26 @@ def _features_path(root: Path, features: str | os.PathLike | None, label_source:
     )
 
 
+# Marks a database path that leads outside the root: skipped without being opened.
+OUTSIDE = "\0outside:"
+
+
+def _record_path(root: Path, filename: str) -> str:
+    """`root/filename` as a string if it stays inside `root`, else ""."""
+    p = inside_root(root, filename)
+    return "" if p is None else str(p)
+
+
 def _read_record_chunk(paths: Sequence[str]) -> tuple[np.ndarray, list[tuple[str, str] | None], list[dict]]:
     out = np.zeros((len(paths), len(LEADS), N_SAMPLES), dtype=np.float32)
     status: list[tuple[str, str] | None] = []
     infos: list[dict] = []
     for i, p in enumerate(paths):
+        if p.startswith(OUTSIDE):
+            where = p[len(OUTSIDE) :]
+            status.append(("path_outside_root", f"{where} leads outside the PTB-XL folder; not opened"))
+            infos.append({})
+            continue
         try:
             out[i], info = read_record(p)
             status.append(None)
@@ -709,7 +721,7 @@ def _read_record_chunk(paths: Sequence[str]) -> tuple[np.ndarray, list[tuple[str
             status.append(("missing_record", str(e)))
             infos.append({})
         except RecordFormatError as e:
-            status.append(("malformed_record", str(e)))
+            status.append((e.reason, str(e)))
             infos.append({})
     return out, status, infos
 
@@ -765,8 +777,9 @@ def convert_ptbxl(
     if not 0.0 <= min_norm_likelihood <= 100.0:
         raise ValueError(f"min_norm_likelihood must be within 0-100 (%), got {min_norm_likelihood}")
     db_path = _database_path(root)
-    db = read_database(db_path)
     features_path = _features_path(root, features, label_source)
+    claim_store_path(out, inputs=[root, features_path])
+    db = read_database(db_path)
     feats, implausible = _read_features(features_path, label_source)
 
     rows = db.sort_values("ecg_id", kind="stable")
@@ -789,9 +802,10 @@ def convert_ptbxl(
     has_features = (rows.pop("_merge") == "both").to_numpy()
     flags = implausible.set_index("ecg_id").reindex(rows["ecg_id"], fill_value=False).to_numpy(dtype=bool)
     rows["record_id"] = rows["ecg_id"].astype(str)
-    rows["path"] = [str(root / f) for f in rows["filename_hr"]]
+    # A path from the database is used only if it stays inside the PTB-XL root (ecgtune.paths).
+    rows["path"] = [_record_path(root, f) for f in rows["filename_hr"]]
 
-    record_files = [Path(p + ext) for p in rows["path"] for ext in (".hea", ".dat")]
+    record_files = [Path(p + ext) for p in rows["path"] if p for ext in (".hea", ".dat")]
     exists = [f.is_file() for f in record_files]
     present = [f for f, e in zip(record_files, exists, strict=True) if e]
     missing = sorted(str(f.relative_to(root)) for f, e in zip(record_files, exists, strict=True) if not e)
@@ -809,6 +823,7 @@ def convert_ptbxl(
             "features": file_fingerprint([features_path]),
             "records": file_fingerprint(present),
             "missing_records": content_key({"names": missing}),
+            "outside_root": content_key({"names": rows.loc[rows["path"] == "", "filename_hr"].tolist()}),
             "options": options,
         }
     )
@@ -833,7 +848,11 @@ def convert_ptbxl(
 
         def counting_fixes() -> Iterator[tuple[np.ndarray, list]]:
             nonlocal resampled, truncated
-            for signals, status, infos in _read_all(rows["path"].tolist(), workers):
+            records = [
+                p or f"{OUTSIDE}ecg_id {i}: filename_hr {n!r}"
+                for p, i, n in zip(rows["path"], rows["ecg_id"], rows["filename_hr"], strict=True)
+            ]
+            for signals, status, infos in _read_all(records, workers):
                 resampled += sum(1 for i in infos if i.get("resampled_from_hz"))
                 truncated += sum(1 for i in infos if i.get("truncated_from_s"))
                 yield signals, status

@@ -14,7 +14,9 @@ and validation splits never opens the test file at all.
 
 A store is trusted only if `provenance.json` exists, so a conversion that dies
 half-way leaves nothing a later run would open. Building happens in a sibling
-temporary directory that is renamed into place at the end.
+temporary directory that is renamed into place at the end. The only thing a build
+may replace is a store (`is_store_dir`): `claim_store_path` refuses any other output
+path before work starts, and `StoreWriter.close` checks again before the swap.
 
 Signals are memory-mapped read-only: any number of trials on a node share the
 page cache instead of each holding a copy.
@@ -37,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ecgtune.data.errors import RecordFormatError
+from ecgtune.paths import OutputPathError, check_apart_from_inputs, marker_kind, write_marker
 from ecgtune.targets import LEADS, MICROVOLTS_PER_MILLIVOLT, N_SAMPLES, SAMPLING_RATE_HZ, TARGET_NAMES
 
 STORE_FORMAT_VERSION = 1
@@ -104,8 +107,10 @@ class SkipTally:
         return [m[0] for m in self.examples.values() if m]
 
     def provenance(self) -> dict[str, Any]:
+        # Only the reasons that occurred: each converter documents every reason it checks.
+        counts = {r: n for r, n in self.counts.items() if n}
         examples = {r: m for r, m in self.examples.items() if m}
-        return {"skipped": dict(self.counts), "skipped_examples": examples}
+        return {"skipped": counts, "skipped_examples": examples}
 
 
 def append_readable(
@@ -143,6 +148,37 @@ def split_file(split: str) -> str:
     return f"{split}.i16"
 
 
+def is_store_dir(path: str | os.PathLike) -> bool:
+    """True for a directory ecgtune built as a store: marked so, or (stores written before the marker
+    existed) holding a provenance.json with a store format version."""
+    p = Path(path)
+    if marker_kind(p) == "store":
+        return True
+    try:
+        return "format_version" in json.loads((p / PROVENANCE_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def claim_store_path(path: str | os.PathLike, inputs: Sequence[str | os.PathLike] = ()) -> Path:
+    """Check, before any work, that a store may be written at `path`; return it.
+
+    Allowed: an absent path, an empty directory, or an existing store (replaced once the new
+    one is complete). Refused with OutputPathError naming the path: a file, any other non-empty
+    directory, and a path that is, lies inside or contains one of `inputs` (the source data).
+    """
+    p = Path(path).expanduser()
+    check_apart_from_inputs(p, inputs)
+    if p.exists() and not p.is_dir():
+        raise OutputPathError(f"{p}: exists and is not a directory; refusing to replace a file with a store")
+    if p.is_dir() and not is_store_dir(p) and any(p.iterdir()):
+        raise OutputPathError(
+            f"{p}: a non-empty directory that is not an ecgtune store; refusing to replace it — "
+            "choose a new or empty output directory"
+        )
+    return p
+
+
 class StoreWriter:
     """Streams chunks of ECGs into a new store; commits atomically on `close()`.
 
@@ -158,7 +194,9 @@ class StoreWriter:
         self.path = Path(path)
         self.provenance = dict(provenance)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        claim_store_path(self.path)
         self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.building-", dir=self.path.parent))
+        write_marker(self._tmp, "store")
         self._files = {s: open(self._tmp / split_file(s), "wb") for s in SPLITS}
         self._labels: dict[str, list[pd.DataFrame]] = {s: [] for s in SPLITS}
         self.n = 0
@@ -214,13 +252,15 @@ class StoreWriter:
         # provenance.json is the commit marker: write it last, then swap directories.
         with open(self._tmp / PROVENANCE_FILE, "w") as f:
             json.dump(provenance, f, indent=2, default=str)
+        # Checked again at the swap: something may have appeared at the path while the store was built.
+        claim_store_path(self.path)
         old = None
         if self.path.exists():
-            old = self.path.with_name(f".{self.path.name}.old-{os.getpid()}")
-            self.path.rename(old)
+            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.old-", dir=self.path.parent))
+            self.path.rename(old / "store")
         self._tmp.rename(self.path)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)  # only ever an ecgtune store (or an empty directory)
         return ECGStore(self.path)
 
     def abort(self) -> None:
@@ -343,8 +383,13 @@ class ECGStore:
                 lines.append(f"  {t:<6} {len(v):>6} {q[0]:>8.1f} {q[1]:>8.1f} {q[2]:>8.1f}")
             else:
                 lines.append(f"  {t:<6} {0:>6}")
-        if p.get("skipped"):
-            lines.append(f"  skipped: {p['skipped']}")
+        skipped = {r: n for r, n in (p.get("skipped") or {}).items() if n}
+        if skipped:
+            lines.append(f"  skipped {sum(skipped.values())} input ECGs:")
+            for reason, n in skipped.items():
+                lines.append(f"    {reason}: {n}")
+                for example in (p.get("skipped_examples") or {}).get(reason, [])[:3]:
+                    lines.append(f"      e.g. {example}")
         return "\n".join(lines)
 
 
