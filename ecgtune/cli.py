@@ -247,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
         # Our errors name the file/key and what was expected; a traceback would only bury that.
         print(f"ecgtune {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except ImportError as e:
+        from ecgtune.data.labels import LabellerNotInstalledError
+
+        if not isinstance(e, LabellerNotInstalledError):
+            raise  # a broken installation: the traceback says which module
+        print(f"ecgtune {args.verb}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -28,13 +28,14 @@ import copy
 import difflib
 import functools
 import inspect
+import math
 import os
 import re
 import tempfile
 import types
 import typing
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
@@ -55,7 +56,8 @@ SPEC_VERSION = 1
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never a valid setting (a NaN bound would validate every comparison as False).
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelSpec(Strict):
@@ -324,18 +326,83 @@ def _no_duplicate_keys(loader: _SpecLoader, node: yaml.MappingNode) -> dict[Any,
 _SpecLoader.add_constructor("tag:yaml.org,2002:map", _no_duplicate_keys)
 
 
+# What a spec may cost to read, checked on the YAML event stream before any object is built: a
+# hostile or broken file (deep nesting, aliases that expand exponentially) must fail in milliseconds.
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_DEPTH = 32
+MAX_SPEC_NODES = 100_000
+
+
 def load_spec(path: str | os.PathLike[str]) -> Spec:
     """Read and check a spec file (YAML, safe loader: no Python tags). Raises SpecError naming the file."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_SPEC_BYTES + 1)
     except OSError as exc:
         raise SpecError(source, [f"cannot read the file: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecError(source, [f"larger than {MAX_SPEC_BYTES} bytes; a spec is a short YAML file"])
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(source, [f"not UTF-8 text (byte {exc.start} cannot be decoded)"]) from None
+    try:
+        _check_reading_cost(text)
         data = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: `!!python/...` tags are refused
     except yaml.YAMLError as exc:
         raise SpecError(source, [f"not valid YAML: {_yaml_problem(exc)}"]) from None
+    except _Problem as exc:
+        raise SpecError(source, [str(exc)]) from None
     return spec_from_dict(data, source=source)
+
+
+def _check_reading_cost(text: str) -> None:
+    """Refuse (_Problem) YAML nested deeper than MAX_SPEC_DEPTH or expanding to more than
+    MAX_SPEC_NODES nodes once aliases are resolved. Reads events only: nothing is built."""
+    stack: list[list[Any]] = [[None, 0]]  # per open collection: [anchor, nodes in it so far]
+    expanded: dict[str, int] = {}  # anchor -> nodes its value expands to
+    for event in yaml.parse(text, Loader=_SpecLoader):
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            if len(stack) > MAX_SPEC_DEPTH:
+                mark = event.start_mark
+                raise _Problem(
+                    f"nested deeper than {MAX_SPEC_DEPTH} levels (line {mark.line + 1}); "
+                    "a spec is a few levels deep"
+                )
+            stack.append([event.anchor, 1])
+            continue
+        if isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            anchor, size = stack.pop()
+            if anchor is not None:
+                expanded[anchor] = size
+            stack[-1][1] += size
+        elif isinstance(event, yaml.ScalarEvent):
+            stack[-1][1] += 1
+            if event.anchor is not None:
+                expanded[event.anchor] = 1
+        elif isinstance(event, yaml.AliasEvent):
+            stack[-1][1] += expanded.get(event.anchor, 1)
+        else:
+            continue
+        if sum(size for _, size in stack) > MAX_SPEC_NODES:
+            mark = event.start_mark
+            raise _Problem(
+                f"expands to more than {MAX_SPEC_NODES} values (line {mark.line + 1}: aliases repeated "
+                "inside aliases?); a spec is a few hundred"
+            )
+
+
+def _non_finite(data: Any, path: str = "") -> Iterator[str]:
+    """Key paths of NaN or infinite numbers anywhere in parsed YAML."""
+    if isinstance(data, float) and not math.isfinite(data):
+        yield path or "<top level>"
+    elif isinstance(data, Mapping):
+        for k, v in data.items():
+            yield from _non_finite(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            yield from _non_finite(v, f"{path}[{i}]")
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:
@@ -356,6 +423,8 @@ def spec_from_dict(data: Any, source: str = "<dict>") -> Spec:
                 f"got {type(data).__name__}"
             ],
         )
+    if bad := list(_non_finite(data)):
+        raise SpecError(source, [f"{p}: not a finite number (.nan and .inf are never valid)" for p in bad])
     try:
         spec = Spec.model_validate(dict(data))
     except ValidationError as exc:

@@ -369,6 +369,68 @@ def test_yaml_is_read_safely(tmp_path: Path) -> None:
         load_spec(evil)
 
 
+def test_hostile_files_fail_fast_with_one_line_naming_the_file(tmp_path: Path, capsys) -> None:
+    """Each of these once ended in a traceback, a message without the file, or 39 s of alias expansion."""
+    from ecgtune.cli import main
+
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("name: x\nmodel: " + "[" * 3000 + "]" * 3000 + "\n")
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"name: smoke\n\xff\xfe: 1\n")
+    bomb = tmp_path / "bomb.yaml"
+    levels = ["  a0: &a0 [x, x, x, x]"] + [
+        f"  a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]" for i in range(1, 12)
+    ]
+    bomb.write_text((SWEEPS / "smoke.yaml").read_text() + "origin:\n" + "\n".join(levels) + "\n")
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("name: x\n" + "# padding\n" * 200_000)
+    expected = {
+        deep: "nested deeper than",
+        binary: "not UTF-8 text",
+        bomb: "expands to more than",
+        huge: "larger than",
+    }
+    for path, says in expected.items():
+        assert main(["validate", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0] and says in err[0], err
+
+
+@pytest.mark.parametrize(
+    "dist",
+    [
+        {"type": "float", "low": 0, "high": float("nan")},
+        {"type": "float", "low": 1e-5, "high": float("inf"), "log": True},
+        {"type": "float", "low": float("-inf"), "high": 0.5},
+        {"type": "categorical", "choices": [0.1, float("nan")]},
+    ],
+    ids=["nan-high", "inf-log-high", "minus-inf-low", "nan-choice"],
+)
+def test_non_finite_numbers_are_refused_wherever_they_stand(tmp_path: Path, dist: dict[str, Any]) -> None:
+    data = raw("smoke")
+    data["search"]["space"]["model.dropout"] = dist
+    path = tmp_path / "nan.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(SpecError, match=r"nan\.yaml: search\.space\.model\.dropout\..*not a finite number"):
+        load_spec(path)
+    fixed = raw("smoke")
+    fixed["stages"]["finetune"]["lr"] = float("nan")
+    with pytest.raises(SpecError, match=r"stages\.finetune\.lr: not a finite number"):
+        spec_from_dict(fixed, source="x")
+
+
+def test_a_missing_optional_labeller_is_one_line(tmp_path: Path, capsys) -> None:
+    import importlib.util
+
+    from ecgtune.cli import main
+
+    if importlib.util.find_spec("ecgdeli") is not None:
+        pytest.skip("ecgdeli is installed here")
+    assert main(["data", "generate", "-n", "1", "-o", str(tmp_path / "g"), "--labeller", "ecgdeli"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'ecgtune[ecgdeli]'" in err[0]
+
+
 def test_duplicate_keys_are_refused_and_exponents_are_floats(tmp_path: Path) -> None:
     text = (SWEEPS / "smoke.yaml").read_text()
     dup = tmp_path / "dup.yaml"
