@@ -212,8 +212,8 @@ trial_id, status (finished / stopped / error / running), epochs (reached), max_e
 rank (among trials that reached the same number of epochs, by last objective; 1 is best), variant (fixed
 experiments only), model, family, one column per searched parameter, objective_last, objective_best,
 best_epoch, mae_<target>_<unit>_last and _best (best = at the epoch of the best objective), wall_s
-(training seconds, Tune's time_total_s), started / ended (unix time), node_id, hostname, failures, error,
-dir (the trial directory)."""
+(training seconds, Tune's time_total_s), started / ended (unix time), node_id, device, hostname, failures,
+error, dir (the trial directory)."""
 
 
 def load_experiment(path: str | os.PathLike[str], *, baseline: bool = True) -> Experiment:
@@ -495,6 +495,7 @@ def _trial_table(
             "started": started,
             "ended": _num(last, "timestamp"),
             "node_id": last.get("node_id") if last is not None else None,
+            "device": last.get("device") if last is not None else None,
             "hostname": last.get("hostname") if last is not None else None,
             "failures": failures,
             "error": error,
@@ -829,6 +830,9 @@ def _markdown(
         + (_stage_split(exp.spec) if exp.spec is not None else ""),
         f"- models: {', '.join(f'{m} ({f})' for m, f in _unique(zip(t['model'], t['family'], strict=True)))}",
     ]
+    devices = t["device"].dropna().value_counts() if "device" in t else pd.Series(dtype=int)
+    if len(devices):  # a GPU sweep whose trials ran on the CPU shows here (resources.cpu_fallback)
+        md.append("- trained on: " + ", ".join(f"{d} ({n} trials)" for d, n in devices.items()))
     if exp.spec is not None and exp.spec.search is not None and exp.spec.search.space:
         md += ["", "Searched parameters:", "", "```", describe_space(exp.spec.search.space), "```"]
     md += [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import pyarrow.fs
 import ray
 import yaml
 from ray import tune
+from ray._private import ray_constants, services
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.metrics import Gauge
@@ -257,11 +259,37 @@ def _init_ray(address: str | None) -> None:
         return
     # Under `ray job submit`, RAY_ADDRESS points at the cluster; otherwise start a local Ray.
     address = address or os.environ.get("RAY_ADDRESS")
-    if not address:
-        # A local Ray for one machine: keep every Ray socket on 127.0.0.1 (Ray 2.60 otherwise listens on
-        # the machine's interfaces, and its job API runs code for anyone who reaches it).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(address=address, include_dashboard=None if address else False, log_to_driver=False)
+    if address:
+        _check_cluster_answers(address)
+        ray.init(address=address, log_to_driver=False)
+        return
+    # A local Ray for one machine keeps every socket on 127.0.0.1: Ray 2.60 otherwise listens on the
+    # machine's interfaces, and its job API runs code for anyone who reaches it. Ray reads this setting
+    # when it is imported, which has happened by now: set it for the daemons this call starts, and for
+    # this process, where ray_constants already holds the value read at import.
+    os.environ[ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    # "local", never None: None joins the cluster `ray start` last recorded on this machine, and waits
+    # forever on one that died uncleanly.
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+
+
+def _check_cluster_answers(address: str, timeout_s: float = 5.0) -> None:
+    """Fail within seconds, with the address, when no Ray cluster listens there (a cluster that died
+    uncleanly leaves its address behind, and ray.init would wait on it)."""
+    if "://" in address:  # ray:// clients and job-server URLs: Ray reports those itself
+        return
+    bootstrap = services.canonicalize_bootstrap_address(address)
+    if bootstrap is None:
+        return
+    host, port = bootstrap.rsplit(":", 1)
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise ConnectionError(
+            f"no Ray cluster answers at {bootstrap} (from {address!r}): {e.strerror or e}. Start one with "
+            "`ray start --head`, or run without --address and RAY_ADDRESS for a local Ray"
+        ) from None
 
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
@@ -303,6 +331,7 @@ def summarize(
                 "best_objective": best_objective,
                 "ptbxl_val_mae": {t: last.get(f"ptbxl_val_mae_{t}") for t in spec.targets},
                 "node_id": last.get("node_id"),
+                "device": last.get("device"),
                 "time_total_s": last.get("time_total_s"),
             }
         )

@@ -237,6 +237,10 @@ class SearchSpec(Strict):
 class ResourcesSpec(Strict):
     cpu: float = Field(1, gt=0)
     gpu: float = Field(0, ge=0)
+    # A trial Ray grants a GPU must find a CUDA device, or it fails at once: a CPU build of torch on a
+    # GPU node would otherwise run the whole sweep 50-100x slower on paid, idle GPUs. True: run such
+    # trials on the CPU anyway (each trial's device is in its results and the report).
+    cpu_fallback: bool = False
 
 
 class RunSpec(Strict):

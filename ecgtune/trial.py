@@ -37,8 +37,31 @@ def trial_spec(config: dict[str, Any]) -> Spec:
     return apply_params(spec, trial_params(spec.search.space if spec.search else {}, config))
 
 
+class GPUUnavailableError(RuntimeError):
+    """Ray granted a trial GPUs that torch cannot use."""
+
+
+def trial_device(spec: Spec, granted_gpus: list[Any]) -> str:
+    """The device a trial trains on: "cuda" when Ray granted GPUs and torch sees one, "cpu" when it
+    granted none; a GPU torch cannot use is an error unless the spec opts into `cpu_fallback`."""
+    if not granted_gpus:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if spec.resources.cpu_fallback:
+        return "cpu"
+    build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+    raise GPUUnavailableError(
+        f"Ray granted this trial GPU {granted_gpus} (resources.gpu: {spec.resources.gpu}) but torch "
+        f"{torch.__version__} ({build}) finds no CUDA device, so the trial would leave the GPU idle. Install "
+        "a CUDA build of torch on every GPU worker (e.g. pip install torch==2.13.0 --index-url "
+        "https://download.pytorch.org/whl/cu128), or set resources.cpu_fallback: true to train on the CPU."
+    )
+
+
 def run_trial(config: dict[str, Any]) -> None:
     spec = trial_spec(config)
+    device = trial_device(spec, ray.get_gpu_ids())
     # Torch would otherwise start one thread per host core in every trial: oversubscribed
     # CPUs slow each trial many times over when trials share a node.
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
@@ -49,7 +72,7 @@ def run_trial(config: dict[str, Any]) -> None:
     # Device memory this process holds before the trial allocates anything: 0 in the fresh worker
     # process Tune starts for every trial (run.reuse_actors false), whose exit frees all it held.
     cuda_bytes_at_start = torch.cuda.memory_allocated() if torch.cuda.is_available() else 0
-    run = TwoStageRun(spec)
+    run = TwoStageRun(spec, device=device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
@@ -60,6 +83,7 @@ def run_trial(config: dict[str, Any]) -> None:
         _maybe_fail(run.epochs_done + 1)
         metrics = run.step()
         metrics["node_id"] = node_id
+        metrics["device"] = device
         metrics["cuda_bytes_at_start"] = cuda_bytes_at_start
         gauges.update(metrics)
         with tempfile.TemporaryDirectory() as d:

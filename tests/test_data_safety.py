@@ -99,7 +99,8 @@ def test_an_existing_store_is_replaced_only_when_stale_or_asked(tmp_path):
     assert reused  # same inputs: the store is kept as it is
     second, reused = convert_ptbxl(root, out, features=features, rebuild=True)
     assert not reused and len(second) == len(first)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ptb-xl", "ptb-xl-plus", "store"]  # no leftovers beside it
+    # No leftovers beside it (the old store, moved aside for the swap, is gone).
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ptb-xl", "ptb-xl-plus", "store"]
 
 
 def test_the_final_swap_refuses_what_appeared_at_the_path_meanwhile(tmp_path):
