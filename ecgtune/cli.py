@@ -8,6 +8,8 @@ from pathlib import Path
 
 from ecgtune.spec import data_root
 
+EXAMPLE_RECORD = Path(__file__).resolve().parent / "examples" / "ptb-s0010" / "s0010_re"
+
 
 def _data_demo(args: argparse.Namespace) -> None:
     from ecgtune.data.demo import build_demo
@@ -137,10 +139,9 @@ def _demo(args: argparse.Namespace) -> None:
         print(f"final training skipped: {e}")
         return
     print((final / "test_report.md").read_text())
-    record = repo.parent / "shared" / "fixtures" / "ptb-s0010" / "s0010_re"
-    if record.with_suffix(".hea").is_file():
-        print("prediction on a real PTB record (PhysioNet, s0010_re):")
-        print(format_predictions(predict_records(final, [str(record)])))
+    record = EXAMPLE_RECORD  # shipped inside the package: an installed ecgtune has it too
+    print("prediction on a real PTB record (PhysioNet, s0010_re; ecgtune/examples/README.md):")
+    print(format_predictions(predict_records(final, [str(record)])))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,7 +12,7 @@ Fixtures and how each is made:
 * PTB-XL+ feature tables: `write_features` (ecg_id mid-table, rows shuffled),
   and for the PR/QT guard a CSV typed out by hand here with the published
   column names, so the guard does not trust the module's own mapping.
-* Real PhysioNet records from shared/fixtures (see its README): PTB
+* Real PhysioNet records from tests/fixtures/physionet (see its README): PTB
   `s0010_re` (15 leads incl. the 12 standard ones, lowercase names, 1000 Hz,
   38.4 s) and MIT-BIH `100` (MLII, V5 at 360 Hz).
 """
@@ -46,11 +46,7 @@ from ecgtune.data.ptbxl import (
 from ecgtune.data.store import ECGStore
 from ecgtune.targets import LEADS, N_SAMPLES
 
-SHARED_FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-needs_shared = pytest.mark.skipif(
-    not SHARED_FIXTURES.is_dir(),
-    reason=f"shared PhysioNet fixtures not found at {SHARED_FIXTURES} (CI clones shared/ beside the repo)",
-)
+PHYSIONET = Path(__file__).resolve().parent / "fixtures" / "physionet"
 LEAD_INDEX = [PTBXL_LEADS.index(lead) for lead in LEADS]  # the 8 of the 12 PTB-XL leads, in LEADS order
 
 
@@ -276,9 +272,8 @@ def test_write_then_read_record_within_one_microvolt(tmp_path):
     assert info["checksum_verified"]
 
 
-@needs_shared
 def test_real_ptb_record_loads_resampled_first_10s_by_lowercase_names():
-    path = SHARED_FIXTURES / "ptb-s0010" / "s0010_re"
+    path = PHYSIONET / "ptb-s0010" / "s0010_re"
     x, info = read_record(path)
     assert x.shape == (8, 5000) and x.dtype == np.float32
     assert info["resampled_from_hz"] == 1000 and info["truncated_from_s"] == 38.4
@@ -292,10 +287,9 @@ def test_real_ptb_record_loads_resampled_first_10s_by_lowercase_names():
         assert np.corrcoef(x[j], ref[j])[0, 1] > 0.99
 
 
-@needs_shared
 def test_real_mitdb_record_is_refused_naming_missing_leads():
     with pytest.raises(RecordFormatError) as err:
-        read_record(SHARED_FIXTURES / "mitdb-100" / "100")
+        read_record(PHYSIONET / "mitdb-100" / "100")
     msg = str(err.value)
     assert "100" in msg and "missing lead(s) ['I', 'II', 'V1', 'V2', 'V3', 'V4', 'V6']" in msg
     assert "['MLII', 'V5']" in msg

@@ -16,7 +16,7 @@ from ecgtune.final import RepeatedTestEvaluation, train_final
 from ecgtune.predict import predict_records, read_windows
 from ecgtune.spec import DataSpec, ModelSpec, Spec, StageSpec, StagesSpec, StoreSpec, dump_spec
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "physionet"
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -79,8 +79,6 @@ def test_predict_on_asc_and_on_the_real_ptb_record(trained, tmp_path):
     signals, _ = synthetic_ecgs(1, seed=5)
     asc = write_asc(tmp_path / "one.asc", signals[0])
     ptb = FIXTURES / "ptb-s0010" / "s0010_re"
-    if not ptb.with_suffix(".hea").is_file():
-        pytest.skip(f"shared fixtures not found at {FIXTURES}")
     windows = read_windows(ptb)
     assert windows.shape == (3, 8, 5000)  # 38.4 s at 1000 Hz -> three 10 s windows at 500 Hz
     preds = predict_records(root / "out", [str(asc), str(ptb)])
@@ -93,8 +91,6 @@ def test_predict_on_asc_and_on_the_real_ptb_record(trained, tmp_path):
 def test_predict_refuses_a_record_without_the_needed_leads(trained, capsys):
     root, *_ = trained
     mit = FIXTURES / "mitdb-100" / "100"
-    if not mit.with_suffix(".hea").is_file():
-        pytest.skip(f"shared fixtures not found at {FIXTURES}")
     assert main(["predict", str(root / "out"), str(mit)]) == 2
     err = capsys.readouterr().err
     assert "missing lead(s)" in err and "MLII" in err
@@ -103,8 +99,6 @@ def test_predict_refuses_a_record_without_the_needed_leads(trained, capsys):
 def test_predict_cli_prints_json(trained, capsys):
     root, *_ = trained
     ptb = FIXTURES / "ptb-s0010" / "s0010_re"
-    if not ptb.with_suffix(".hea").is_file():
-        pytest.skip(f"shared fixtures not found at {FIXTURES}")
     assert main(["predict", str(root / "out"), str(ptb), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["windows"] == 3 and {"hr", "pr", "qrs", "qt"} <= set(rows[0])
