@@ -72,6 +72,7 @@ def train_final(
             f"see {_ledger(store)}). Every further look at the test fold biases it; "
             "pass --force to evaluate again anyway."
         )
+    store.signals("test")  # a missing or broken test fold fails now, not after hours of training
     claim_output_dir(out_dir, "final", inputs=[store.path])
     run = TwoStageRun(spec, device=device)
     history, best_objective, best_epoch, since_best = [], float("inf"), 0, 0
