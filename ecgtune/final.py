@@ -19,8 +19,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy import stats
 
 from ecgtune import __version__
+from ecgtune.baselines import label_noise_floor, mean_predictor
 from ecgtune.data.store import ECGStore
 from ecgtune.paths import MARKER_FILE, OutputPathError, check_apart_from_inputs, claim_output_dir
 from ecgtune.spec import Spec, content_key_of_spec, resolve_store
@@ -156,17 +158,39 @@ def predict(model: torch.nn.Module, meta: dict[str, Any], signals: np.ndarray) -
     return torch.cat(out).numpy()
 
 
-def bootstrap_ci(errors: np.ndarray, seed: int = 0) -> dict[str, tuple[float, float]]:
-    """95% percentile-bootstrap intervals of MAE, bias and SD of `errors` (prediction − label)."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(errors), size=(BOOTSTRAP_SAMPLES, len(errors)))
-    samples = errors[idx]
-    stats = {
-        "mae": np.abs(samples).mean(axis=1),
-        "bias": samples.mean(axis=1),
-        "sd": samples.std(axis=1, ddof=1),
-    }
-    return {k: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) for k, v in stats.items()}
+def bootstrap_ci(
+    errors: np.ndarray, patients: np.ndarray, seed: int = 0
+) -> dict[str, tuple[float, float]] | None:
+    """95% percentile-bootstrap intervals of MAE, bias and SD of `errors` (prediction − label).
+
+    The unit resampled is the patient (`patients`, one id per error): PTB-XL has several ECGs of
+    some patients, and their errors are not independent, so resampling ECGs would make the
+    intervals too narrow. None with fewer than two patients.
+    """
+    _, patient = np.unique(np.asarray(patients), return_inverse=True)
+    if patient.max(initial=-1) < 1:
+        return None
+    errors = np.asarray(errors, dtype=np.float64)
+    # Per patient: ECG count, sum of errors, of squared errors, of absolute errors (paired draws).
+    per_patient = [np.bincount(patient, weights=w) for w in (None, errors, errors**2, np.abs(errors))]
+
+    def statistic(n, s1, s2, sa, axis=-1):
+        n, s1, s2, sa = (x.sum(axis=axis) for x in (n, s1, s2, sa))
+        mean = s1 / n
+        var = np.maximum(s2 - n * mean**2, 0.0) / np.maximum(n - 1, 1)
+        return np.stack([sa / n, mean, np.sqrt(var)])
+
+    res = stats.bootstrap(
+        per_patient,
+        statistic,
+        paired=True,
+        vectorized=True,
+        n_resamples=BOOTSTRAP_SAMPLES,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    lo, hi = res.confidence_interval
+    return {k: (float(lo[i]), float(hi[i])) for i, k in enumerate(("mae", "bias", "sd"))}
 
 
 def evaluate_on_test_fold(spec: Spec, model_dir: Path, store: ECGStore, out_dir: Path, device: str = "auto"):
@@ -176,6 +200,7 @@ def evaluate_on_test_fold(spec: Spec, model_dir: Path, store: ECGStore, out_dir:
     targets = tuple(meta["targets"])
     test = store.split("test", targets)  # the only read of a test split in ecgtune
     truth = test.targets
+    patients = store.split_labels("test")["patient_id"].to_numpy()
     pred = predict(model, meta, test.signals)
     ev = errors_in_units(pred, truth, targets)
     per_target = {}
@@ -188,7 +213,8 @@ def evaluate_on_test_fold(spec: Spec, model_dir: Path, store: ECGStore, out_dir:
             "mae": ev.mae[t],
             "bias": ev.bias[t],
             "sd": ev.sd[t],
-            "ci95": bootstrap_ci(err, seed=spec.seed) if ok.sum() > 1 else None,
+            "ci95": bootstrap_ci(err, patients[ok], seed=spec.seed),
+            "patients": int(len(np.unique(patients[ok]))),
             "tolerance": TARGETS[t].tolerance,
             "within_tolerance_sd": bool(ev.sd[t] <= TARGETS[t].tolerance) if ok.sum() > 1 else None,
         }
@@ -208,6 +234,9 @@ def evaluate_on_test_fold(spec: Spec, model_dir: Path, store: ECGStore, out_dir:
         "n_ecgs": len(test),
         "objective": ev.objective,
         "targets": per_target,
+        # Beside every MAE: what predicting the training mean scores, and what no model can beat.
+        "mean_predictor": mean_predictor(store, "test", targets),
+        "label_noise_floor": label_noise_floor(store, targets),
         "plots": [p.name for p in plots],
         "ecgtune_version": __version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -257,6 +286,10 @@ def bland_altman(pred: np.ndarray, truth: np.ndarray, targets: tuple[str, ...], 
     return paths
 
 
+def _number(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1f}"
+
+
 def format_test_report(result: dict[str, Any]) -> str:
     lines = [
         "# Test-fold evaluation",
@@ -266,9 +299,12 @@ def format_test_report(result: dict[str, Any]) -> str:
         f"Store `{result['store']}` (key {result['store_key']}), split `test`, {result['n_ecgs']} ECGs; "
         f"objective (mean MAE / tolerance) {result['objective']:.3f}.",
         "",
-        "| target | n | MAE (95% CI) | bias (95% CI) | SD (95% CI) | tolerance (SD) |",
-        "|---|---|---|---|---|---|",
+        "| target | n (patients) | MAE (95% CI) | mean predictor MAE | label-noise floor | bias (95% CI) "
+        "| SD (95% CI) | tolerance (SD) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    baseline = result.get("mean_predictor") or {}
+    floor = result.get("label_noise_floor") or {}
     for t, r in result["targets"].items():
         ci = r["ci95"] or {"mae": (np.nan, np.nan), "bias": (np.nan, np.nan), "sd": (np.nan, np.nan)}
 
@@ -276,8 +312,16 @@ def format_test_report(result: dict[str, Any]) -> str:
             return f"{r[name]:.1f} ({ci[name][0]:.1f}–{ci[name][1]:.1f})"
 
         lines.append(
-            f"| {TARGETS[t].title} ({r['unit']}) | {r['n']} | {cell('mae')} | {cell('bias')} | {cell('sd')} "
+            f"| {TARGETS[t].title} ({r['unit']}) | {r['n']} ({r.get('patients', '?')}) | {cell('mae')} "
+            f"| {_number(baseline.get(t))} | {_number(floor.get(t))} | {cell('bias')} | {cell('sd')} "
             f"| {r['tolerance']:g} |"
         )
-    lines += ["", "Bland–Altman plots: " + ", ".join(result["plots"])]
+    lines += [
+        "",
+        "95% intervals: percentile bootstrap over patients (all ECGs of a drawn patient together). "
+        "Mean predictor: every ECG predicted as the training mean. Label-noise floor: the MAE a perfect "
+        "model would show, where the data's source knows its label noise (— unknown).",
+        "",
+        "Bland–Altman plots: " + ", ".join(result["plots"]),
+    ]
     return "\n".join(lines) + "\n"

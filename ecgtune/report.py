@@ -548,17 +548,11 @@ def _num(row: pd.Series | None, key: str) -> float | None:
 
 def training_mean_baseline(store_path: str | os.PathLike[str], targets: Sequence[str]) -> dict[str, float]:
     """Per-target MAE (bpm/ms) on the validation split of predicting every target's training mean,
-    scored exactly like a trial (`ecgtune.train.errors_in_units`), plus its `objective`."""
+    scored exactly like a trial, plus its `objective` (`ecgtune.baselines.mean_predictor`)."""
+    from ecgtune.baselines import mean_predictor
     from ecgtune.data.store import ECGStore
-    from ecgtune.train import errors_in_units
 
-    store = ECGStore(store_path)
-    names = list(check_targets(list(targets)))
-    train = store.split_labels("train")[names].to_numpy(dtype=np.float64)
-    val = store.split_labels("val")[names].to_numpy(dtype=np.float64)
-    pred = np.broadcast_to(np.nanmean(train, axis=0), val.shape)
-    ev = errors_in_units(pred, val, names)
-    return {**ev.mae, "objective": ev.objective}
+    return mean_predictor(ECGStore(store_path), "val", targets)
 
 
 def _store_baseline(spec: Spec, targets: Sequence[str], notes: list[str]) -> dict[str, float] | None:

@@ -102,3 +102,29 @@ def test_predict_cli_prints_json(trained, capsys):
     assert main(["predict", str(root / "out"), str(ptb), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["windows"] == 3 and {"hr", "pr", "qrs", "qt"} <= set(rows[0])
+
+
+def test_bootstrap_resamples_patients_not_ecgs():
+    """50 ECGs of one patient with the same error are one draw, not 50: the interval must be wide."""
+    from ecgtune.final import bootstrap_ci
+
+    errors = np.r_[np.full(50, 10.0), np.zeros(9)]
+    patients = np.r_[np.zeros(50, int), np.arange(1, 10)]
+    by_patient = bootstrap_ci(errors, patients, seed=0)
+    by_ecg = bootstrap_ci(errors, np.arange(len(errors)), seed=0)
+    mae = np.abs(errors).mean()
+    for ci in (by_patient, by_ecg):
+        assert ci["mae"][0] <= mae <= ci["mae"][1]
+    width = {k: ci["mae"][1] - ci["mae"][0] for k, ci in (("patient", by_patient), ("ecg", by_ecg))}
+    assert width["patient"] > 3 * width["ecg"], width
+    assert bootstrap_ci(errors, np.zeros(len(errors)), seed=0) is None  # one patient: no interval
+
+
+def test_test_report_shows_the_mean_predictor_and_patients(trained):
+    root, *_ = trained
+    test = json.loads((root / "out" / "test_result.json").read_text())
+    assert set(test["mean_predictor"]) >= set(test["targets"])
+    report = (root / "out" / "test_report.md").read_text()
+    assert "mean predictor MAE" in report and "bootstrap over patients" in report
+    for t, r in test["targets"].items():
+        assert 1 <= r["patients"] <= r["n"]
