@@ -126,5 +126,5 @@ def test_test_report_shows_the_mean_predictor_and_patients(trained):
     assert set(test["mean_predictor"]) >= set(test["targets"])
     report = (root / "out" / "test_report.md").read_text()
     assert "mean predictor MAE" in report and "bootstrap over patients" in report
-    for t, r in test["targets"].items():
+    for r in test["targets"].values():
         assert 1 <= r["patients"] <= r["n"]

@@ -65,7 +65,7 @@ def _lock(root: Path) -> Iterator[None]:
 def build_demo_deepfake(root: Path, rebuild: bool = False) -> tuple[ECGStore, bool]:
     from ecgtune.data.generate import build_generated_store
 
-    return build_generated_store(root / "deepfake", n=N_DEEPFAKE, seed=SEED, rebuild=rebuild, progress=False)
+    return build_generated_store(root / "deepfake", n=N_DEEPFAKE, seed=SEED, rebuild=rebuild)
 
 
 def _simulate(args: tuple[int, float]) -> np.ndarray:

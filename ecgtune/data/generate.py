@@ -42,6 +42,7 @@ from ecgtune.data.store import (
     content_key,
     open_or_build,
 )
+from ecgtune.progress import Progress
 from ecgtune.targets import LEADS, N_SAMPLES
 
 SOURCE = "deepfake-generated"
@@ -140,7 +141,6 @@ def generate_ecgs(
     a generator from `load_generator` (it must be on `device`).
     """
     import torch
-    from tqdm.auto import tqdm
 
     n = _check_count("n", n, 0)
     seed = _check_count("seed", seed, 0)
@@ -149,7 +149,7 @@ def generate_ecgs(
     device = torch.device(device)
     if model is None:
         model = load_generator(device)
-    with tqdm(total=n, disable=not progress, unit="ECG", desc="generating") as bar, torch.inference_mode():
+    with Progress(n, "generating", enabled=progress) as bar, torch.inference_mode():
         for first in range(start, start + n, batch_size):
             b = min(batch_size, start + n - first)
             noise = torch.empty(b, len(LEADS), N_SAMPLES)  # (b, 8, 5000), CPU float32
@@ -207,8 +207,6 @@ def build_generated_store(
     key = content_key({"source": SOURCE, "generator": gen, "labeller": lab.describe(), **options})
 
     def build(path: Path) -> ECGStore:
-        from tqdm.auto import tqdm
-
         provenance: dict[str, Any] = {
             "source": SOURCE,
             "generator": gen,
@@ -223,7 +221,7 @@ def build_generated_store(
         with (
             LabelPool(lab, workers) as pool,
             StoreWriter(path, provenance) as writer,
-            tqdm(total=n, disable=not progress, unit="ECG", desc=f"generating+labelling {path.name}") as bar,
+            Progress(n, f"generating+labelling {path.name}", enabled=progress) as bar,
         ):
             for start in range(0, n, chunk_size):
                 stop = min(start + chunk_size, n)

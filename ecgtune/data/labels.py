@@ -594,14 +594,14 @@ class LabelPool:
         Returns (labels, counts): labels has columns hr, pr, qrs, qt (float,
         NaN = missing or implausible), row i = ECG i; counts as `empty_counts`.
         """
-        from tqdm.auto import tqdm
+        from ecgtune.progress import Progress
 
         signals = _check_batch(signals)
         n = len(signals)
         t0 = time.perf_counter()
         starts = range(0, n, self.chunk_size)
         results: dict[int, tuple[np.ndarray, list[str]]] = {}
-        with tqdm(total=n, disable=not progress, unit="ECG", desc=f"labelling ({self.labeller.name})") as bar:
+        with Progress(n, f"labelling ({self.labeller.name})", enabled=progress) as bar:
             if self._executor is None:
                 for s in starts:
                     results[s] = _raw_labels(self.labeller, signals[s : s + self.chunk_size])
