@@ -12,7 +12,7 @@ from synthetic import synthetic_ecgs, write_synthetic_store
 
 from ecgtune.cli import main
 from ecgtune.data.deepfake import write_asc
-from ecgtune.final import RepeatedTestEvaluation, train_final
+from ecgtune.final import RepeatedTestEvaluation, TrainingDiverged, train_final
 from ecgtune.predict import predict_records, read_windows
 from ecgtune.spec import DataSpec, ModelSpec, Spec, StageSpec, StagesSpec, StoreSpec, dump_spec
 
@@ -108,3 +108,20 @@ def test_predict_cli_prints_json(trained, capsys):
     assert main(["predict", str(root / "out"), str(ptb), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert rows[0]["windows"] == 3 and {"hr", "pr", "qrs", "qt"} <= set(rows[0])
+
+
+def test_final_training_that_diverges_raises_before_reading_the_test_fold(tmp_path):
+    write_synthetic_store(tmp_path / "ptbxl", 30, seed=1, gain=1.5, source="ptbxl")
+    (tmp_path / "ptbxl" / "test.i16").unlink()  # any read of the test fold would fail loudly
+    spec = Spec(
+        name="final-diverges",
+        model=ModelSpec(name="resnet_tiny", params={"num_blocks": 1}),
+        data=DataSpec(finetune=StoreSpec(path=str(tmp_path / "ptbxl"))),
+        stages=StagesSpec(finetune=StageSpec(epochs=3, batch_size=8, lr=1e10)),
+    )
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 1"):
+        train_final(spec, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "history.json").read_text())[-1]["diverged"] is True
+    dump_spec(spec, tmp_path / "spec.yaml")
+    # The CLI names the error instead of printing a traceback.
+    assert main(["train", str(tmp_path / "spec.yaml"), "-o", str(tmp_path / "out2")]) == 2
