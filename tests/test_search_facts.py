@@ -108,9 +108,9 @@ def test_diverged_trials_end_cleanly_fail_in_optuna_and_stay_out_of_asha_rungs(s
     from ecgtune.report import load_experiment
     from ecgtune.search import format_summary
 
-    # Each stage's learning rate is sensible or absurd: trials diverge in pretraining, in fine-tuning, or
-    # not at all. Clock "all": ASHA's first rung is the pretraining epoch, where some trials diverge.
-    lr = {"type": "categorical", "choices": [1e-3, ABSURD_LR]}
+    # Each stage's learning rate is sensible (3 choices) or absurd (1): trials diverge in pretraining, in
+    # fine-tuning, or not at all. Clock "all": ASHA's first rung is the pretraining epoch, where some diverge.
+    lr = {"type": "categorical", "choices": [1e-3, 3e-3, 1e-2, ABSURD_LR]}
     spec = sweep_spec(
         stores,
         tmp_path,
