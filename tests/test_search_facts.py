@@ -23,6 +23,13 @@ def stores(tmp_path_factory):
     return write_trial_stores(tmp_path_factory.mktemp("stores"))
 
 
+@pytest.fixture(autouse=True)
+def _progress_table(monkeypatch):
+    # As run_sweep sets it: Tune then prints ecgtune's progress table, which sorts ended trials by their
+    # objective — NaN for a diverged one.
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     import ray
