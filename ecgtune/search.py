@@ -47,11 +47,13 @@ class PruneAwareOptunaSearch(OptunaSearch):
       zero-shot on PTB-XL) never reach Optuna: ASHA ignores them too (no rung at 0), their rank
       agreement with the final objective was measured at 0.04-0.08 (docs/benchmarks.md part 4), and
       Optuna would keep only the first of several values at one step (it ignores repeats with a
-      warning). A trial's intermediate values are then exactly the ones ASHA judges it by.
+      warning). A trial's intermediate values are then on the clock, and from the epochs, ASHA judges.
     - Stopped trials: Ray passes the result ASHA stops a trial on only to `on_trial_complete`
       (tune_controller.py `_process_trial_result`), so it is reported here before the trial is told
       PRUNED; Optuna takes a pruned trial's value from its last intermediate value, so that value is
-      the one ASHA stopped it on, and TPE ranks pruned trials by (step, value).
+      the one ASHA stopped it on. TPE ranks pruned trials by their last step, later first, then by that
+      value (optuna/samplers/_tpe/sampler.py `_get_pruned_trial_score`; a pruned trial without any
+      intermediate value ranks last), so steps on ASHA's clock rank them by the rung they reached.
     - Finished trials are told COMPLETE with their last objective; diverged ones (a NaN/inf loss or
       objective: `ecgtune.trial_status`) and errored ones FAIL, with no value, so TPE never ranks
       them; a non-finite value is never reported.
