@@ -40,6 +40,11 @@ class RepeatedTestEvaluation(PermissionError):
     """The test fold of this store was already used to evaluate this config."""
 
 
+class TrainingDiverged(ValueError):
+    """The training loss or validation objective stopped being finite: this config's values (its
+    learning rate, typically) do not train, and there is no model to test."""
+
+
 @dataclass
 class FinalResult:
     out_dir: Path
@@ -82,6 +87,13 @@ def train_final(
     while not run.done:
         metrics = run.step()
         history.append(metrics)
+        if run.diverged:
+            (out_dir / "history.json").write_text(json.dumps(history, indent=2))
+            raise TrainingDiverged(
+                f"training diverged at epoch {metrics['epoch']} ({metrics['stage']}): train_loss "
+                f"{metrics['train_loss']}, objective {metrics['objective']}; lower the learning rate "
+                f"(history in {out_dir / 'history.json'}); the test fold was not read"
+            )
         print(
             f"epoch {metrics['epoch']}/{metrics['total_epochs']} {metrics['stage']:<8} "
             f"objective {metrics['objective']:.3f}  "

@@ -45,23 +45,14 @@ from ecgtune.models import PRESETS
 from ecgtune.paths import check_new_file, claim_output_dir, marker_kind, write_marker
 from ecgtune.spec import Distribution, Spec, apply_variant, describe_space, resolve_store
 from ecgtune.targets import TARGET_NAMES, TARGETS, check_targets
+from ecgtune.trial_status import EPOCH, OBJECTIVE, STATUS_MEANING, STATUSES, TOTAL_EPOCHS, trial_status
 
 # Files of an experiment directory. SUMMARY_FILE and SPEC_FILE are the names ecgtune.search writes;
 # they are repeated here, not imported, because ecgtune.search imports Ray.
 PARAMS_FILE, RESULT_FILE, ERROR_FILE = "params.json", "result.json", "error.txt"
 SUMMARY_FILE, SPEC_FILE = "summary.json", "spec.yaml"
 REPORT_DIR = "report"
-# Metric keys of one result line (ecgtune.stages.TwoStageRun.step).
-OBJECTIVE, EPOCH, TOTAL_EPOCHS = "objective", "epoch", "total_epochs"
 MAE_KEY = "ptbxl_val_mae_{}"
-
-STATUSES = ("finished", "stopped", "error", "running")
-STATUS_MEANING = {
-    "finished": "trained every epoch",
-    "stopped": "stopped early by ASHA (or by the sweep's end)",
-    "error": "failed (error.txt)",
-    "running": "no final result yet: still running, or its sweep was interrupted",
-}
 
 
 class ExperimentError(ValueError):
@@ -208,12 +199,12 @@ class Experiment:
 
 
 TRIAL_COLUMNS_DOC = """\
-trial_id, status (finished / stopped / error / running), epochs (reached), max_epochs, full_fidelity,
-rank (among trials that reached the same number of epochs, by last objective; 1 is best), variant (fixed
-experiments only), model, family, one column per searched parameter, objective_last, objective_best,
-best_epoch, mae_<target>_<unit>_last and _best (best = at the epoch of the best objective), wall_s
-(training seconds, Tune's time_total_s), started / ended (unix time), node_id, device, hostname, failures,
-error, dir (the trial directory)."""
+trial_id, status (finished / stopped / diverged / error / running), epochs (reached), max_epochs,
+full_fidelity, rank (among trials that reached the same number of epochs, by last objective; 1 is best),
+variant (fixed experiments only), model, family, one column per searched parameter, objective_last,
+objective_best, best_epoch, mae_<target>_<unit>_last and _best (best = at the epoch of the best
+objective), wall_s (training seconds, Tune's time_total_s), started / ended (unix time), node_id,
+device, hostname, failures, error, dir (the trial directory)."""
 
 
 def load_experiment(path: str | os.PathLike[str], *, baseline: bool = True) -> Experiment:
@@ -458,13 +449,14 @@ def _trial_table(
             else _planned_epochs(spec, t.config)
         )
         failures, error = error_headline(t.error) if t.error is not None else (0, None)
-        status = _status(
-            summary_status.get(tid),
-            epochs,
-            max_epochs,
-            error is not None,
-            _flag(last, "done"),
-            ended,
+        reported = summary_status.get(tid)
+        status = trial_status(
+            None if last is None else last.to_dict(),
+            max_epochs=max_epochs,
+            errored=error is not None or reported == "error",
+            # Tune marks the last result of a trial the scheduler stopped `done`; the driver's summary
+            # gives every trial a verdict.
+            ended=_flag(last, "done") or ended or reported in STATUSES,
         )
         model = _model_name(spec, t.config)
         row: dict[str, Any] = {
@@ -510,21 +502,6 @@ def _trial_table(
     order = ["trial_id", "status", "epochs", "max_epochs", "full_fidelity", "rank"]
     df = df[order + [c for c in df.columns if c not in order]]
     return df.sort_values(["started", "trial_id"], na_position="last").reset_index(drop=True)
-
-
-def _status(reported: Any, epochs: int, max_epochs: int, errored: bool, done: bool, sweep_ended: bool) -> str:
-    """finished / stopped / error / running, from the trial's own files and the driver's verdict.
-
-    Finished means the trial trained its own epoch count: summary.json compares every trial with the
-    sweep spec's count, which calls a shorter variant (a DeepFake-only experiment) "stopped".
-    """
-    if max_epochs and epochs >= max_epochs:
-        return "finished"  # even after a failure it recovered from (error.txt stays)
-    if errored or reported == "error":
-        return "error"
-    if done or sweep_ended or reported in STATUSES:
-        return "stopped"  # Tune marks the last result of a trial the scheduler stopped `done`
-    return "running"
 
 
 def _flag(row: pd.Series | None, key: str) -> bool:
@@ -1283,7 +1260,7 @@ def _plot_rungs(exp: Experiment) -> Any:
     t = exp.trials.sort_values("started", na_position="last")
     fig, axes = _figure(width=max(8.0, 0.25 * len(t) + 3))
     ax = axes[0][0]
-    colours = {"finished": "C2", "stopped": "C1", "error": "C3", "running": "C0"}
+    colours = {"finished": "C2", "stopped": "C1", "diverged": "C4", "error": "C3", "running": "C0"}
     for status, colour in colours.items():
         sel = t["status"] == status
         if sel.any():

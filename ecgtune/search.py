@@ -24,51 +24,118 @@ import ray
 import yaml
 from ray import tune
 from ray._private import ray_constants, services
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.metrics import Gauge
 
-from ecgtune.spec import Spec, StoreSpec, asha_max_t, load_spec, make_sampler, resolve_store
+from ecgtune.spec import ASHASpec, Spec, StoreSpec, asha_max_t, load_spec, make_sampler, resolve_store
 from ecgtune.targets import TARGETS, check_targets
 from ecgtune.trial import run_trial
+from ecgtune.trial_status import OBJECTIVE, STATUSES, finite_objective, is_diverged, trial_status
 
-METRIC, MODE = "objective", "min"
+METRIC, MODE = OBJECTIVE, "min"
 SUMMARY_FILE = "summary.json"
 SPEC_FILE = "spec.yaml"
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells TPE the truth about trials ASHA stopped.
+    """OptunaSearch that tells TPE what ASHA saw, on ASHA's clock.
 
-    Ray hands a stopped trial's last (low-fidelity) result to `on_trial_complete`,
-    and OptunaSearch records it as COMPLETE, so TPE would learn epoch-1 values
-    as if they were final. A trial that reports fewer epochs than it was
-    configured for and did not error is marked PRUNED instead; Optuna then
-    uses its last intermediate value, ranked below completed trials.
+    - Steps: each intermediate value is reported at `result[clock]`, the key ASHA counts rungs on
+      (`finetune_epoch` or `training_iteration`: `asha_clock`), not at stock OptunaSearch's
+      `training_iteration`. Only steps >= 1 are reported, each once. Under the finetune clock every
+      pretraining epoch has finetune_epoch 0, so their objectives (the pretrained model read out
+      zero-shot on PTB-XL) never reach Optuna: ASHA ignores them too (no rung at 0), their rank
+      agreement with the final objective was measured at 0.04-0.08 (docs/benchmarks.md part 4), and
+      Optuna would keep only the first of several values at one step (it ignores repeats with a
+      warning). A trial's intermediate values are then on the clock, and from the epochs, ASHA judges.
+    - Stopped trials: Ray passes the result ASHA stops a trial on only to `on_trial_complete`
+      (tune_controller.py `_process_trial_result`), so it is reported here before the trial is told
+      PRUNED; Optuna takes a pruned trial's value from its last intermediate value, so that value is
+      the one ASHA stopped it on. TPE ranks pruned trials by their last step, later first, then by that
+      value (optuna/samplers/_tpe/sampler.py `_get_pruned_trial_score`; a pruned trial without any
+      intermediate value ranks last), so steps on ASHA's clock rank them by the rung they reached.
+    - Finished trials are told COMPLETE with their last objective; diverged ones (a NaN/inf loss or
+      objective: `ecgtune.trial_status`) and errored ones FAIL, with no value, so TPE never ranks
+      them; a non-finite value is never reported.
+
+    Whether a trial finished, was stopped, diverged or failed is `ecgtune.trial_status.trial_status`'s
+    decision; `told` counts the verdicts by that status.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any):
+    def __init__(self, *args: Any, clock: str = TRAINING_ITERATION, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.clock = clock
         self.told: Counter[str] = Counter()
+        self._last_step: dict[str, int] = {}  # per trial, the last step reported to Optuna
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials:
+            super().on_trial_result(trial_id, result)  # warns and ignores it
+            return
+        self._report(trial_id, result)
+
+    def _report(self, trial_id: str, result: dict) -> None:
+        """The result's objective at its step on ASHA's clock, if both are usable and the step is new."""
+        value, step = finite_objective(result), result.get(self.clock)
+        if is_diverged(result) or value is None or step is None or step < 1:
+            return
+        # A step already reported: the duplicate of a trial's last result that Tune passes when the trial
+        # function returns, or an epoch repeated after a restore from a checkpoint.
+        if step <= self._last_step.get(trial_id, 0):
+            return
+        self._ot_trials[trial_id].report(value, int(step))
+        self._last_step[trial_id] = int(step)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        stopped_early = (
-            not error and result is not None and result.get("epoch", 0) < result.get("total_epochs", 0)
-        )
-        if stopped_early and trial_id not in self._completed_trials and trial_id in self._ot_trials:
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            self.told["pruned"] += 1
+        if not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            # No result (an error, or a trial removed before it reported), a second completion, or an
+            # unknown trial: stock OptunaSearch tells FAIL / PRUNED without a value, or warns.
+            super().on_trial_complete(trial_id, result=result, error=error)
+            self.told[trial_status(result, errored=error)] += 1
             return
-        super().on_trial_complete(trial_id, result=result, error=error)
-        self.told["failed" if error else "complete"] += 1
+        status = trial_status(result, errored=error)
+        value = finite_objective(result)
+        ot_trial, states = self._ot_trials[trial_id], optuna.trial.TrialState
+        if status == "finished" and value is not None:
+            self._report(trial_id, result)
+            self._ot_study.tell(ot_trial, value, state=states.COMPLETE)
+        elif status in ("diverged", "error"):
+            self._ot_study.tell(ot_trial, state=states.FAIL)
+        else:
+            self._report(trial_id, result)  # the result ASHA stopped it on
+            self._ot_study.tell(ot_trial, state=states.PRUNED)
+        self._completed_trials.add(trial_id)
+        self.told[status] += 1
 
     def study_states(self) -> dict[str, int]:
         return dict(Counter(t.state.name.lower() for t in self._ot_study.get_trials(deepcopy=False)))
 
 
+class DivergenceAwareASHA(ASHAScheduler):
+    """ASHA that stops a diverged trial at once and never puts its result in a rung.
+
+    A diverged epoch's result still carries the metric key (Tune 2.60 raises for a result without it:
+    `TuneController._validate_result_metrics`), as NaN, beside `diverged: True`. Stock ASHA would
+    record -NaN (or -inf) in the rung, where `np.nanpercentile` skips NaN, returns NaN for an all-NaN
+    rung (no trial is ever stopped there again) and is dragged by inf.
+    """
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        if is_diverged(result):
+            return TrialScheduler.STOP
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        if is_diverged(result):
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+
+
 class SweepGauges(tune.Callback):
-    """Per-sweep trial counts for the Ray dashboard's metrics (running / finished / stopped / error)."""
+    """Per-sweep trial counts for the Ray dashboard's metrics, one series per `STATUSES` entry."""
 
     def __init__(self, sweep: str):
         self.sweep = sweep
@@ -78,30 +145,39 @@ class SweepGauges(tune.Callback):
     def _publish(self) -> None:
         if self.gauge is None:
             self.gauge = Gauge("ecgtune_sweep_trials", "trials of a sweep by state", ("sweep", "state"))
-        for state in ("running", "finished", "stopped", "error"):
+        for state in STATUSES:
             self.gauge.set(self.counts[state], {"sweep": self.sweep, "state": state})
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.counts["running"] += 1
         self._publish()
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
+    def _ended(self, status: str) -> None:
         self.counts["running"] -= 1
-        last = trial.last_result or {}
-        full = last.get("epoch", 0) >= last.get("total_epochs", 1)
-        self.counts["finished" if full else "stopped"] += 1
+        self.counts[status] += 1
         self._publish()
 
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._ended(trial_status(trial.last_result))
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.counts["running"] -= 1
-        self.counts["error"] += 1
-        self._publish()
+        self._ended(trial_status(trial.last_result, errored=True))
 
 
 @dataclass
 class SweepResult:
     experiment_path: str
     summary: dict[str, Any]
+
+
+@dataclass
+class Sweep:
+    """A Tuner and the parts of it whose state a caller may read after `fit()` (Tune uses these objects)."""
+
+    tuner: tune.Tuner
+    searcher: PruneAwareOptunaSearch | None
+    scheduler: DivergenceAwareASHA | None
+    gauges: SweepGauges
 
 
 def trial_name(trial: Any) -> str:
@@ -156,9 +232,16 @@ def progress_table(spec: Spec) -> tune.CLIReporter:
     )
 
 
-def build_tuner(
-    spec: Spec, storage: str, experiment_name: str
-) -> tuple[tune.Tuner, PruneAwareOptunaSearch | None]:
+def asha_clock(asha: ASHASpec | None) -> str:
+    """The result key ASHA counts rungs on (its time_attr); the searcher reports Optuna's steps on it too.
+
+    finetune_epoch stays 0 through pretraining, so no rung is reached there (spec.ASHASpec.clock).
+    Without ASHA, Tune's own clock.
+    """
+    return "finetune_epoch" if asha is not None and asha.clock == "finetune" else TRAINING_ITERATION
+
+
+def build_tuner(spec: Spec, storage: str, experiment_name: str) -> Sweep:
     search = spec.search
     trainable = tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     param_space: dict[str, Any] = {"spec": spec.model_dump(mode="json")}
@@ -183,16 +266,17 @@ def build_tuner(
             mode=MODE,
             sampler=sampler,
             study_name=experiment_name,  # unique per sweep run
+            clock=asha_clock(search.asha),
         )
     if search is not None and search.asha is not None:
-        scheduler = ASHAScheduler(
-            # finetune_epoch stays 0 through pretraining, so no rung is reached there (spec.ASHASpec.clock).
-            time_attr="finetune_epoch" if search.asha.clock == "finetune" else "training_iteration",
+        scheduler = DivergenceAwareASHA(
+            time_attr=asha_clock(search.asha),  # metric and mode: TuneConfig's (Tune refuses both)
             max_t=asha_max_t(spec, search.asha),
             grace_period=search.asha.grace_period,
             reduction_factor=search.asha.reduction_factor,
             brackets=search.asha.brackets,
         )
+    gauges = SweepGauges(spec.name)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
@@ -212,12 +296,12 @@ def build_tuner(
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.run.checkpoints_kept),
-            callbacks=[SweepGauges(spec.name)],
+            callbacks=[gauges],
             progress_reporter=progress_table(spec),
             verbose=1,
         ),
     )
-    return tuner, searcher
+    return Sweep(tuner, searcher, scheduler, gauges)
 
 
 def run_sweep(
@@ -243,11 +327,24 @@ def run_sweep(
         spec = resolve_data(spec)
         experiment_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         experiment_path = f"{storage.rstrip('/')}/{experiment_name}"
-        tuner, searcher = build_tuner(spec, storage, experiment_name)
+        sweep = build_tuner(spec, storage, experiment_name)
+        tuner, searcher = sweep.tuner, sweep.searcher
     results = tuner.fit()
+    if searcher is None:  # resumed: Tune restored the searcher inside the Tuner; read what it saved
+        searcher = saved_searcher(experiment_path)
     summary = summarize(results, spec, searcher, wall_seconds=time.time() - started)
     _write_summary(experiment_path, spec, summary)
     return SweepResult(experiment_path, summary)
+
+
+def saved_searcher(experiment_path: str) -> PruneAwareOptunaSearch | None:
+    """The searcher as Tune saved it in a local experiment directory (searcher-state-*.pkl, written after
+    every trial and at the end of `fit()`); None for a URI or a run without a searcher (variants)."""
+    if "://" in experiment_path or not any(Path(experiment_path).glob("searcher-state-*.pkl")):
+        return None
+    searcher = PruneAwareOptunaSearch()
+    searcher.restore_from_dir(experiment_path)
+    return searcher
 
 
 def _trainable(spec: Spec):
@@ -323,12 +420,11 @@ def summarize(
                 "config": {k: v for k, v in r.config.items() if k != "spec"},
                 "epochs": int(last.get("epoch", 0)),
                 # Variants of one sweep can differ in length: compare each trial with its own plan.
-                "status": "error"
-                if r.error
-                else ("finished" if last.get("epoch", 0) >= last.get("total_epochs", max_t) else "stopped"),
+                "status": trial_status(last, max_epochs=max_t, errored=r.error is not None),
                 "error": _error_message(r.error) if r.error else None,
-                "objective": last.get(METRIC),
-                "best_objective": best_objective,
+                # None, not NaN, for a diverged trial: summary.json stays standard JSON.
+                "objective": finite_objective(last),
+                "best_objective": finite_objective({METRIC: best_objective}),
                 "ptbxl_val_mae": {t: last.get(f"ptbxl_val_mae_{t}") for t in spec.targets},
                 "node_id": last.get("node_id"),
                 "device": last.get("device"),
@@ -346,6 +442,7 @@ def summarize(
         "wall_seconds": wall_seconds,
         "trials": trials,
         "epochs_reached": {str(k): v for k, v in sorted(per_rung.items())},
+        "statuses": {s: sum(t["status"] == s for t in trials) for s in STATUSES},
         "best": best,
         "optuna_states": searcher.study_states() if searcher is not None else None,
     }
@@ -386,6 +483,8 @@ def format_summary(summary: dict[str, Any], top: int = 5) -> str:
         maes = " ".join(f"{t['ptbxl_val_mae'][x]:>10.2f}" for x in targets)
         lines.append(f"{t['trial_id']!s:<14} {t['status']:<9} {t['epochs']:>6} {t['objective']:>9.3f} {maes}")
     lines.append(f"epochs reached (epochs: trials): {summary['epochs_reached']}")
+    if summary.get("statuses"):
+        lines.append("trials: " + ", ".join(f"{n} {s}" for s, n in summary["statuses"].items() if n))
     if summary.get("optuna_states"):
         lines.append(f"as told to TPE: {summary['optuna_states']}")
     lines.append(

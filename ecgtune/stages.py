@@ -14,12 +14,16 @@ demo data its rank correlation with the final fine-tuned objective was
 0.04-0.08 over 40 trials (docs/benchmarks.md part 4), which is why ASHA by
 default judges fine-tuning epochs only.
 
+A run whose training loss or objective stops being finite (a learning rate far too high) is done
+at once: that epoch's metrics carry `diverged: True` and a NaN objective, and nothing more is trained.
+
 No Ray here: the trial adapter and final training drive it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from ecgtune.models import build_model
 from ecgtune.spec import Spec, resolve_store
 from ecgtune.targets import check_targets
 from ecgtune.train import Batches, Trainer, load_backbone, pick_device
+from ecgtune.trial_status import DIVERGED, EPOCH, OBJECTIVE, TOTAL_EPOCHS
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
@@ -65,6 +70,9 @@ class TwoStageRun:
         )
         self.stage = "pretrain" if self.pretrain_epochs else "finetune"
         self.trainer = self._make_trainer()
+        # Set by the epoch whose training loss or PTB-XL objective is not finite; that epoch's metrics say
+        # so (`diverged`, objective NaN) and the run is then done. Never saved: a diverged run is not resumed.
+        self.diverged = False
 
     @property
     def epochs_done(self) -> int:
@@ -73,7 +81,8 @@ class TwoStageRun:
 
     @property
     def done(self) -> bool:
-        return self.epochs_done >= self.total_epochs
+        """Every epoch trained, or training diverged (nothing after a NaN/inf epoch is worth training)."""
+        return self.diverged or self.epochs_done >= self.total_epochs
 
     def _make_trainer(self) -> Trainer:
         if self.stage == "pretrain":
@@ -101,22 +110,30 @@ class TwoStageRun:
         started = time.perf_counter()
         stats = self.trainer.train_epoch()
         stage, stage_epoch = self.stage, self.trainer.epoch
-        ptbxl = self.trainer.evaluate(self.ptbxl_val)
         metrics: dict[str, Any] = {
-            "objective": ptbxl.objective,
+            OBJECTIVE: math.nan,
+            DIVERGED: False,
             "stage": stage,
             "stage_epoch": stage_epoch,
             # ASHA's clock when it counts fine-tuning only (spec search.asha.clock): 0 while pretraining.
             "finetune_epoch": stage_epoch if stage == "finetune" else 0,
-            "epoch": self.epochs_done,
-            "total_epochs": self.total_epochs,
+            EPOCH: self.epochs_done,
+            TOTAL_EPOCHS: self.total_epochs,
             "train_loss": stats.loss,
             "train_seconds": stats.seconds,
             "train_ecgs_per_s": stats.samples / max(stats.seconds, 1e-9),
-            **ptbxl.metrics("ptbxl_val_"),
         }
-        if self.deepfake_val is not None:
-            metrics.update(self.trainer.evaluate(self.deepfake_val).metrics("deepfake_val_"))
+        if stats.diverged:
+            # NaN weights: no evaluation is worth its time. The objective stays NaN (Tune requires the key).
+            self.diverged = True
+        else:
+            ptbxl = self.trainer.evaluate(self.ptbxl_val)
+            metrics.update({OBJECTIVE: ptbxl.objective, **ptbxl.metrics("ptbxl_val_")})
+            if not math.isfinite(ptbxl.objective):
+                self.diverged = True
+            elif self.deepfake_val is not None:
+                metrics.update(self.trainer.evaluate(self.deepfake_val).metrics("deepfake_val_"))
+        metrics[DIVERGED] = self.diverged
         if self.stage == "pretrain" and self.trainer.epoch >= self.pretrain_epochs and not self.done:
             self._start_finetuning()
         # Training plus evaluation: what is not in here is overhead (bench/ray_overhead.py).

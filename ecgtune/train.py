@@ -269,6 +269,17 @@ class EpochStats:
     seconds: float
     lr: float
 
+    @property
+    def diverged(self) -> bool:
+        """The epoch's mean training loss is NaN or infinite (a learning rate far too high, typically).
+
+        Checked once per epoch on the loss summed on the device, so it costs no host sync per step.
+        One non-finite step is enough to make the sum non-finite, and it leaves the weights unusable:
+        its gradients are NaN/inf, gradient clipping scales them by 0 (inf * 0 = NaN), and AdamW writes
+        NaN into every parameter it touches.
+        """
+        return not math.isfinite(self.loss)
+
 
 class Trainer:
     """Holds a model with its optimiser, schedule and target scaling for one training stage."""
@@ -402,12 +413,16 @@ def fit(
     val: SplitArrays | Batches,
     report: Callable[[dict[str, Any]], None] | None = None,
 ) -> Evaluation:
-    """Train the remaining epochs of `trainer`, evaluating on `val` after each; return the last evaluation."""
+    """Train the remaining epochs of `trainer`, evaluating on `val` after each; return the last evaluation.
+
+    Stops after an epoch whose loss or objective is not finite (reported with `diverged` True).
+    """
     val_batches = val if isinstance(val, Batches) else Batches(val, trainer.device)
     evaluation = trainer.evaluate(val_batches)
     while trainer.epoch < trainer.config.epochs:
         stats = trainer.train_epoch()
         evaluation = trainer.evaluate(val_batches)
+        diverged = stats.diverged or not math.isfinite(evaluation.objective)
         if report is not None:
             report(
                 {
@@ -415,9 +430,12 @@ def fit(
                     "train_loss": stats.loss,
                     "epoch_seconds": stats.seconds,
                     "lr": stats.lr,
+                    "diverged": diverged,
                     **evaluation.metrics("val_"),
                 }
             )
+        if diverged:  # training on from NaN weights cannot recover
+            break
     return evaluation
 
 

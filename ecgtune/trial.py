@@ -4,7 +4,9 @@ The driver (`ecgtune.search`) passes `config = {"spec": <Spec as dict>, <sampled
 or `{"spec": ..., "variant": name}`. Everything the trial does lives in
 `ecgtune.stages.TwoStageRun`; this file only adapts it to Tune: resume from
 `tune.get_checkpoint()`, one `tune.report(metrics, checkpoint=...)` per epoch,
-and dashboard metrics.
+and dashboard metrics. An epoch that diverged (NaN/inf loss or objective) is reported without a
+checkpoint and ends the trial without an error (`ecgtune.search` tells Optuna FAIL and keeps it out
+of ASHA's rungs).
 """
 
 from __future__ import annotations
@@ -86,6 +88,12 @@ def run_trial(config: dict[str, Any]) -> None:
         metrics["device"] = device
         metrics["cuda_bytes_at_start"] = cuda_bytes_at_start
         gauges.update(metrics)
+        if run.diverged:
+            # The trial ends here (run.done), reported as diverged; raising instead would make Tune retry a
+            # deterministic divergence max_failures times. No checkpoint of NaN weights: a retry or a
+            # resumed sweep restores the last finite epoch.
+            tune.report(metrics)
+            break
         with tempfile.TemporaryDirectory() as d:
             run.save(d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))

@@ -12,7 +12,7 @@ from synthetic import synthetic_ecgs, write_synthetic_store
 
 from ecgtune.cli import main
 from ecgtune.data.deepfake import write_asc
-from ecgtune.final import RepeatedTestEvaluation, train_final
+from ecgtune.final import RepeatedTestEvaluation, TrainingDiverged, train_final
 from ecgtune.predict import predict_records, read_windows
 from ecgtune.spec import DataSpec, ModelSpec, Spec, StageSpec, StagesSpec, StoreSpec, dump_spec
 
@@ -128,3 +128,24 @@ def test_test_report_shows_the_mean_predictor_and_patients(trained):
     assert "mean predictor MAE" in report and "bootstrap over patients" in report
     for r in test["targets"].values():
         assert 1 <= r["patients"] <= r["n"]
+
+
+def test_final_training_that_diverges_raises_before_reading_the_test_fold(tmp_path, monkeypatch):
+    write_synthetic_store(tmp_path / "ptbxl", 30, seed=1, gain=1.5, source="ptbxl")
+
+    def no_test_fold(*args, **kwargs):
+        raise AssertionError("the test fold was read")
+
+    monkeypatch.setattr("ecgtune.final.evaluate_on_test_fold", no_test_fold)
+    spec = Spec(
+        name="final-diverges",
+        model=ModelSpec(name="resnet_tiny", params={"num_blocks": 1}),
+        data=DataSpec(finetune=StoreSpec(path=str(tmp_path / "ptbxl"))),
+        stages=StagesSpec(finetune=StageSpec(epochs=3, batch_size=8, lr=1e10)),
+    )
+    with pytest.raises(TrainingDiverged, match="diverged at epoch 1"):
+        train_final(spec, tmp_path / "out")
+    assert json.loads((tmp_path / "out" / "history.json").read_text())[-1]["diverged"] is True
+    dump_spec(spec, tmp_path / "spec.yaml")
+    # The CLI names the error instead of printing a traceback.
+    assert main(["train", str(tmp_path / "spec.yaml"), "-o", str(tmp_path / "out2")]) == 2

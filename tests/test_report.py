@@ -319,6 +319,39 @@ def test_fixed_experiments_report_each_variant_model(tmp_path):
     assert "no search space" not in md and "searched parameter(s)" in md
 
 
+def test_diverged_trial_has_its_own_status_and_is_never_ranked(tmp_path):
+    """A trial whose last line says `diverged` (NaN objective, no MAE: ecgtune.stages.TwoStageRun.step)
+    is "diverged" while the sweep runs and after, never ranked, and counted in the report."""
+    store = tmp_path / "stores" / "ptbxl"
+    write_synthetic_store(store, 20, seed=3, source="ptbxl")
+    spec = handmade_spec(store)
+    root = tmp_path / "diverged-20261125-122541"
+    trials = {"aaaa0001": [1.6, 1.5, 1.45, 1.40], "ffff0006": [1.7, float("nan")]}
+    for tid, objectives in trials.items():
+        config = {"finetune.lr": 1e-3 if tid == "aaaa0001" else 1e10, "model.num_blocks": 1}
+        d = root / f"trial_{tid}"
+        d.mkdir(parents=True)
+        (d / "params.json").write_text(json.dumps({**config, "spec": spec}))
+        lines = [result_line(tid, e, o, False, spec, config) for e, o in enumerate(objectives, start=1)]
+        if tid == "ffff0006":
+            lines[-1] = {k: v for k, v in lines[-1].items() if not k.startswith("ptbxl_val_")}
+            lines[-1] |= {"diverged": True, "train_loss": float("nan")}
+        (d / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    exp = load_experiment(root, baseline=False)  # no summary.json: a running sweep
+    t = exp.trials.set_index("trial_id")
+    assert t["status"].to_dict() == {"aaaa0001": "finished", "ffff0006": "diverged"}
+    assert np.isnan(t.loc["ffff0006", "objective_last"]) and pd.isna(t.loc["ffff0006", "rank"])
+    assert t.loc["ffff0006", "objective_best"] == pytest.approx(1.7) and t.loc["ffff0006", "epochs"] == 2
+    write_report(exp, tmp_path / "out")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "1 finished, 0 stopped, 1 diverged, 0 error, 0 running" in md and "*diverged*:" in md
+    assert "ffff0006" not in section(md, "Full-fidelity ranking")
+    (root / "summary.json").write_text(
+        json.dumps({"trials": [{"trial_id": tid, "status": s} for tid, s in t["status"].items()]})
+    )
+    assert load_experiment(root, baseline=False).trials["status"].tolist() == t["status"].tolist()
+
+
 # =========================================================================== the real experiment
 
 

@@ -87,3 +87,50 @@ def test_finetune_only_run_skips_pretraining(stores):
     run = TwoStageRun(spec, device="cpu")
     r = run.step()
     assert r["stage"] == "finetune" and run.done and "deepfake_val_objective" not in r
+
+
+# An absurd learning rate is a legitimate config: with AdamW's decoupled weight decay (0.01) every step
+# multiplies the weights by about -lr/100, so at 1e10 they overflow within the first epoch's 3 steps
+# (measured: the loss is NaN after that epoch, whichever stage it is in).
+ABSURD_LR = 1e10
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_run_ends_at_the_epoch_whose_loss_is_not_finite(stores, stage):
+    spec = make_spec(stores, pretrain_epochs=2, finetune_epochs=2)
+    stages = spec.stages.model_copy(
+        update={stage: getattr(spec.stages, stage).model_copy(update={"lr": ABSURD_LR})}
+    )
+    run = TwoStageRun(spec.model_copy(update={"stages": stages}), device="cpu")
+    reports = []
+    while not run.done:
+        reports.append(run.step())
+    diverged_at = 1 if stage == "pretrain" else 3
+    assert [r["epoch"] for r in reports] == list(range(1, diverged_at + 1))
+    *before, last = reports
+    assert all(not r["diverged"] and math.isfinite(r["objective"]) for r in before)
+    assert last["diverged"] and last["stage"] == stage
+    assert not math.isfinite(last["train_loss"]) and math.isnan(last["objective"])
+    # No evaluation of NaN weights: no MAE is reported for that epoch.
+    assert not [k for k in last if k.startswith(("ptbxl_val_", "deepfake_val_"))]
+    assert run.done and run.diverged and run.stage == stage  # a diverged pretraining is not fine-tuned
+    with pytest.raises(RuntimeError, match="done"):
+        run.step()
+
+
+def test_run_ends_at_an_epoch_whose_objective_is_not_finite(stores, monkeypatch):
+    run = TwoStageRun(make_spec(stores, pretrain_epochs=1, finetune_epochs=3), device="cpu")
+    first = run.step()
+    assert not first["diverged"]
+    evaluate = run.trainer.evaluate
+
+    def inf_objective(split):  # finite loss, but predictions that overflow (seen at lr 1e8)
+        ev = evaluate(split)
+        ev.objective = float("inf")
+        return ev
+
+    monkeypatch.setattr(run.trainer, "evaluate", inf_objective)
+    second = run.step()
+    assert second["diverged"] and second["objective"] == float("inf")
+    assert math.isfinite(second["train_loss"])
+    assert run.done and run.epochs_done == 2

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sweep_checks import check_counts, check_optuna, reported
 from synthetic import write_synthetic_store, write_trial_stores
 
 from ecgtune.spec import StoreSpec, load_spec
@@ -125,6 +126,8 @@ def _trials_with_results(experiment: Path) -> dict[str, int]:
 
 
 def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(stores, tmp_path):
+    from ecgtune.search import saved_searcher
+
     storage = tmp_path / "runs"
     spec_file = write_spec(tmp_path / "spec.yaml", stores, storage, num_samples=5)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -162,3 +165,8 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(store
     for name in finished_before:
         assert after[name] == before[name]
     assert all(n <= MAX_EPOCHS for n in after.values())
+    # The searcher Tune restored and saved at the end still holds, on ASHA's clock, what every trial
+    # reported (the value a stopped trial was stopped on included), and no Optuna trial is left running.
+    searcher = saved_searcher(str(experiment))
+    check_optuna(searcher, summary, reported(experiment), "finetune_epoch")
+    check_counts(summary, searcher)

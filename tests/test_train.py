@@ -278,3 +278,16 @@ def test_invalid_train_config_names_the_key():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="schedule"):
         TrainConfig(schedule="step")
+
+
+def test_epoch_with_a_non_finite_loss_is_flagged_and_fit_stops_there():
+    # AdamW's weight decay multiplies the weights by about -lr/100 per step: at lr 1e10 they overflow
+    # within an epoch of 4 steps (measured: loss NaN; with 2 steps the loss was still finite, 1.2e21).
+    config = TrainConfig(epochs=3, batch_size=8, lr=1e10)
+    trainer = Trainer(tiny(), learnable_split(32, 0), config, device="cpu")
+    reports = []
+    fit(trainer, learnable_split(8, 1), reports.append)
+    assert [(r["epoch"], r["diverged"]) for r in reports] == [(1, True)]
+    assert np.isnan(reports[0]["train_loss"]) and trainer.epoch == 1
+    ok = Trainer(tiny(), learnable_split(32, 0), TrainConfig(epochs=1, batch_size=8), device="cpu")
+    assert not ok.train_epoch().diverged

@@ -1,0 +1,106 @@
+"""A trial's status — finished / stopped / diverged / error / running — decided in one place.
+
+The sweep summary (`ecgtune.search.summarize`), the dashboard series (`ecgtune.search.SweepGauges`),
+the searcher's verdict to Optuna (`ecgtune.search.PruneAwareOptunaSearch`) and the report read from
+the files (`ecgtune.report`) all call `trial_status`; each only gathers the facts it has (the last
+result, whether the trial errored, whether it has ended).
+
+No Ray here, so the report can use it without Ray. The result keys are the ones
+`ecgtune.stages.TwoStageRun.step` reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from numbers import Real
+from typing import Any
+
+# Keys of one epoch's result (ecgtune.stages.TwoStageRun.step).
+OBJECTIVE, EPOCH, TOTAL_EPOCHS = "objective", "epoch", "total_epochs"
+# True on the epoch whose training loss or objective stopped being finite; that epoch's objective is NaN.
+DIVERGED = "diverged"
+
+STATUSES = ("finished", "stopped", "diverged", "error", "running")
+STATUS_MEANING = {
+    "finished": "trained every epoch",
+    "stopped": "stopped early by ASHA (or by the sweep's end)",
+    "diverged": "its training loss or objective stopped being finite (NaN/inf): ended at once, never ranked",
+    "error": "failed (error.txt)",
+    "running": "no final result yet: still running, or its sweep was interrupted",
+}
+
+
+def _truthy(value: Any) -> bool:
+    """A flag as read from a result dict or a pandas row: absent, None or NaN (a column other rows
+    have) is False."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return bool(value)
+
+
+def is_diverged(result: Mapping[str, Any] | None) -> bool:
+    """The result says the trial diverged: the flag, or an objective that is a number but not finite.
+
+    The second catches a non-finite objective that reached a result without the flag (an older
+    ecgtune, another code path): it must never be ranked either.
+    """
+    if not result:
+        return False
+    if _truthy(result.get(DIVERGED)):
+        return True
+    value = result.get(OBJECTIVE)
+    return isinstance(value, Real) and not isinstance(value, bool) and not math.isfinite(value)
+
+
+def trial_status(
+    last: Mapping[str, Any] | None, *, max_epochs: int = 0, errored: bool = False, ended: bool = True
+) -> str:
+    """The status of a trial whose last reported result is `last` (None or empty: it reported none).
+
+    `max_epochs`: the epochs it was meant to train, used when `last` carries no `total_epochs`
+    (0: unknown). `errored`: it ended in an error. `ended`: it will report nothing more (Tune
+    completed or stopped it, or the sweep is over).
+
+    Precedence: diverged (its last result is unusable, whatever happened after) > finished (it
+    trained its own epoch count, even after a failure it recovered from) > error > stopped > running.
+    """
+    last = last or {}
+    if is_diverged(last):
+        return "diverged"
+    epochs = _number(last.get(EPOCH)) or 0
+    planned = _number(last.get(TOTAL_EPOCHS)) or max_epochs
+    if planned and epochs >= planned:
+        return "finished"
+    if errored:
+        return "error"
+    return "stopped" if ended else "running"
+
+
+def finite_objective(result: Mapping[str, Any] | None) -> float | None:
+    """The result's objective as a float, or None when it has none or it is not finite."""
+    value = _number((result or {}).get(OBJECTIVE))
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _number(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) else value
+
+
+__all__ = [
+    "DIVERGED",
+    "EPOCH",
+    "OBJECTIVE",
+    "STATUSES",
+    "STATUS_MEANING",
+    "TOTAL_EPOCHS",
+    "finite_objective",
+    "is_diverged",
+    "trial_status",
+]
