@@ -29,6 +29,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.metrics import Gauge
 
+from ecgtune.progress import SweepLog
 from ecgtune.spec import ASHASpec, Spec, StoreSpec, asha_max_t, load_spec, make_sampler, resolve_store
 from ecgtune.targets import TARGETS, check_targets
 from ecgtune.trial import run_trial
@@ -216,20 +217,25 @@ def _latest_experiment(storage: str, name: str) -> str:
     return str(candidates[-1].parent)
 
 
-def progress_table(spec: Spec) -> tune.CLIReporter:
-    """A compact console table: searched values, stage, epoch and per-target MAE — not the whole spec."""
-    if spec.variants:
-        params = ["variant"]
-    else:
-        params = [k for k, d in (spec.search.space if spec.search else {}).items() if d.type != "same_as"]
-    metrics = {"stage": "stage", "epoch": "epoch", METRIC: METRIC}
-    metrics.update({f"ptbxl_val_mae_{t}": f"{TARGETS[t].title} {TARGETS[t].unit}" for t in spec.targets})
-    return tune.CLIReporter(
-        parameter_columns={p: p.split(".", 1)[-1] for p in params},
-        metric_columns=metrics,
-        max_report_frequency=30,
-        sort_by_metric=True,
-    )
+class ProgressLines(tune.Callback):
+    """The console's view of a sweep: a line per trial epoch and per ended trial
+    (`ecgtune.progress.SweepLog`), in place of Tune's table of every trial every few seconds."""
+
+    def __init__(self, spec: Spec):
+        self.log = SweepLog(spec.targets)
+        self.max_epochs = total_epochs(spec)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.log.result(trial.trial_id, {k: v for k, v in trial.config.items() if k != "spec"}, result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        status = trial_status(last, max_epochs=self.max_epochs)
+        self.log.ended(trial.trial_id, status, last.get("epoch", 0), last.get(METRIC))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        self.log.ended(trial.trial_id, "error", last.get("epoch", 0), last.get(METRIC), "see the summary")
 
 
 def asha_clock(asha: ASHASpec | None) -> str:
@@ -296,9 +302,8 @@ def build_tuner(spec: Spec, storage: str, experiment_name: str) -> Sweep:
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.run.checkpoints_kept),
-            callbacks=[gauges],
-            progress_reporter=progress_table(spec),
-            verbose=1,
+            callbacks=[gauges, ProgressLines(spec)],
+            verbose=0,  # ProgressLines is the console's view
         ),
     )
     return Sweep(tuner, searcher, scheduler, gauges)
@@ -314,8 +319,11 @@ def run_sweep(
     """Run (or, with `resume` = an experiment path or "latest", continue) the sweep of a spec file."""
     spec = load_spec(spec_path)
     storage = _storage_path(spec, storage_path)
-    # Ray's newer console output ignores a custom reporter and prints each trial's whole config.
+    # Ray's newer console output ignores verbose=0 and prints each trial's whole config.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Keeping a few checkpoints per trial (run.checkpoints_kept) makes Tune snapshot its state after
+    # most epochs, and warn each time that this "may become a bottleneck": it takes milliseconds here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     _init_ray(address)
     started = time.time()
     if resume:

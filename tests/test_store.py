@@ -135,22 +135,3 @@ def test_hash_split_is_stable_and_close_to_fractions():
     with pytest.raises(ValueError, match="sum to 1"):
         assign_split_by_hash(ids, (0.5, 0.1, 0.1))
 
-
-def test_progress_prints_plain_lines_off_a_terminal():
-    """A job log or CI log is not a terminal: it gets readable lines, not carriage-return redraws."""
-    import io
-
-    from ecgtune.progress import Progress
-
-    out = io.StringIO()
-    with Progress(10, "building x", every_s=0.0, stream=out) as p:
-        for _ in range(10):
-            p.update(1)
-    lines = out.getvalue().splitlines()
-    assert "\r" not in out.getvalue()
-    assert lines[0].startswith("building x: 1/10 ECGs (10%)")
-    assert lines[-1].startswith("building x: 10 ECGs in")
-    silent = io.StringIO()
-    with Progress(3, "quiet", enabled=False, every_s=0.0, stream=silent) as p:
-        p.update(3)
-    assert silent.getvalue() == ""
