@@ -36,7 +36,6 @@ from dataclasses import dataclass, fields
 import numpy as np
 import pandas as pd
 
-from ecgtune.data.ptbxl import PTBXL_LEADS
 from ecgtune.data.simulate_noise import NoiseLevel, add_noise, noise_level
 from ecgtune.targets import LEADS, N_SAMPLES, SAMPLING_RATE_HZ, TARGETS
 
@@ -44,6 +43,18 @@ GENERATOR_VERSION = 1  # bump whenever a draw or a shape changes: same seed, oth
 MS_PER_SAMPLE = 1000.0 / SAMPLING_RATE_HZ  # 2 ms
 LAST_SAMPLE_MS = (N_SAMPLES - 1) * MS_PER_SAMPLE  # 9998 ms: beats counted for HR start before it
 WAVES: tuple[str, ...] = ("p", "qrs", "t")
+
+# The definitions above, for `ecgtune data simulate --help` and simulation.json.
+LABEL_DEFINITIONS = """\
+labels (exact: parameters of the generator, not measurements; times in ms, continuous):
+  PR  = QRS onset - P onset       onset/offset are global: earliest onset and latest
+  QRS = QRS offset - QRS onset    offset over all 12 leads (as GE 12SL measures), i.e.
+  QT  = T offset - QRS onset      the support of the wave's dipole; whole ms, the same
+                                  for every beat of a record
+  HR  = 60000 / mean RR (bpm) over the beats whose QRS onset lies in the record
+        (0 <= onset < 9998 ms); RR varies from beat to beat
+waves have compact support (sine / raised-cosine lobes, no Gaussian tails), so a wave's
+first and last non-zero sample lie within one sample (2 ms) of its onset and offset."""
 
 # --------------------------------------------------------------------------------------- constants
 # Dower GE, Machado HB, Osborne JA. On deriving the electrocardiogram from vectorcardiographic
@@ -115,10 +126,10 @@ MIN_PR_SEGMENT_MS = 30.0
 # septal force and a broad left-posterior loop with a discordant T; RBBB ends in a slow
 # right-anterior force (R' in V1); IVCD is a slowed normal loop.
 _NORMAL_QRS = (
-    ((0.00, 0.30), (-0.45, 0.25, -0.85), (0.06, 0.30)),
-    ((0.12, 0.60), (0.90, 0.30, -0.30), (0.30, 1.00)),
+    ((0.00, 0.22), (-0.45, 0.25, -0.85), (0.08, 0.35)),
+    ((0.10, 0.60), (0.90, 0.30, -0.30), (0.30, 1.00)),
     ((0.25, 0.82), (0.65, 0.65, 0.35), (0.50, 1.80)),
-    ((0.55, 1.00), (-0.45, -0.45, 0.75), (0.08, 0.60)),
+    ((0.62, 1.00), (-0.45, -0.45, 0.75), (0.12, 0.60)),
 )
 QRS_LOBES = {
     "normal": _NORMAL_QRS,
@@ -157,8 +168,11 @@ P_LOBES = (
     ((0.00, 0.65), (0.25, 0.85, -0.45), (0.03, 0.18)),
     ((0.35, 1.00), (0.70, 0.45, 0.55), (0.03, 0.18)),
 )
-# Bump power per wave: 1.5 gives the QRS a crisper start than the raised cosine (2) of P and T.
-POWER = {"p": 2.0, "qrs": 1.5, "t": 2.0}
+# Bump power per wave. QRS: half-sine lobes (1) start with a finite slope, so the complex is visible
+# within ~2 ms of its support at 20 uV (the abrupt onset and J point of real QRS complexes); with
+# power 1.5 and longer edge lobes the first/last ~5-10 ms were nearly flat. P and T: raised cosine
+# (2), their ends are gradual in real ECGs too.
+POWER = {"p": 2.0, "qrs": 1.0, "t": 2.0}
 LOBE_DIRECTION_SD = 0.15  # per patient, per unit-vector component
 VISIT_DIRECTION_SD = 0.04
 AXIS_SD_DEG = 28.0  # frontal QRS axis spread around the template's ~+45 deg (approx.)
@@ -349,7 +363,7 @@ def _lobes(
     Directions are jittered per patient (then slightly per visit), magnitudes are log-uniform per
     patient (+-8 % per visit), drawn independently of the durations, so no amplitude tells a width.
     Inner lobe boundaries move +-0.03; the first lobe always starts at 0 and the last ends at 1
-    (the wave's support).
+    (the wave's support), and lobes overlap (no gap inside a wave).
     """
     span, direction, lo_hi = (a[kind] for a in _lobe_table(tables))  # (n, K, 2), (n, K, 3), (n, K, 2)
     n, k = span.shape[:2]
@@ -366,6 +380,10 @@ def _lobes(
     start = np.clip(span[..., 0], 0.0, 0.8)
     end = np.clip(np.maximum(span[..., 1], start + 0.15), 0.0, 1.0)
     start[:, 0], end[:, -1] = 0.0, 1.0
+    # No gap between lobes: each starts before the lobes before it have ended, so the wave is one
+    # interval of non-zero dipole (lobes are ordered by their template starts).
+    covered = np.maximum.accumulate(end, axis=1)[:, :-1]  # (n, K-1)
+    start[:, 1:] = np.clip(np.minimum(start[:, 1:], covered - 0.05), 0.0, None)
     return start, end, direction * mag[..., None]
 
 
@@ -455,7 +473,10 @@ def _add_wave(dipole, rows, onset, first, wave: Wave, gain, size: int, pad: int)
     u = np.where((u > 0) & (u < 1), u, 0.0)  # exactly zero outside each lobe: compact support
     u = u - wave.warp[:, None, None] * u * (1 - u)  # monotone on [0, 1], fixes both ends
     bump = np.sin(np.pi * u.astype(np.float32))  # (m, K, L)
-    bump = bump * bump if wave.power == 2.0 else bump * np.sqrt(bump)
+    if wave.power == 2.0:
+        bump = bump * bump
+    elif wave.power != 1.0:
+        bump = bump**wave.power
     contrib = np.matmul(bump.transpose(0, 2, 1), (wave.vector * gain[:, None, None]).astype(np.float32))
     dipole[rows[:, None], idx + pad] += contrib  # (m, L, 3); rows are distinct, so += is safe
 
@@ -488,9 +509,6 @@ def simulate_batch(
     return twelve_leads(x8), params.labels
 
 
-if tuple(LEADS) != ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6") or PTBXL_LEADS[:6] != (
-    "I", "II", "III", "AVR", "AVL", "AVF"
-):  # fmt: skip
-    raise ImportError(
-        "DOWER's rows and twelve_leads() assume LEADS = I, II, V1-V6 and PTB-XL's limb-lead order"
-    )
+
+if tuple(LEADS) != ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6"):
+    raise ImportError(f"DOWER's rows and twelve_leads() assume LEADS = I, II, V1-V6, not {LEADS}")

@@ -67,6 +67,8 @@ ECGS_PER_PATIENT = 21799 / 18869
 # re-checked here). For normal noise the 75th percentile of |e| is 1.15 SD: midpoints 5, 6, 8 ms give
 # SDs 4.3, 5.2, 7.0 ms; HR ~1 bpm (rate is measured the same way by every program).
 LABEL_NOISE_SD: dict[str, float] = {"hr": 1.0, "pr": 4.3, "qrs": 5.2, "qt": 7.0}
+if PTBXL_LEADS[:6] != ("I", "II", "III", "AVR", "AVL", "AVF"):
+    raise ImportError(f"twelve_leads() and quantise_12() assume PTB-XL's limb-lead order, not {PTBXL_LEADS}")
 # Long QTc (Framingham-corrected) above 450 ms in men, 460 ms in women (approx., common cut-offs).
 LONG_QTC_MS = (450.0, 460.0)
 
@@ -145,16 +147,20 @@ def draw_label_noise(exact: pd.DataFrame, rng: np.random.Generator) -> pd.DataFr
     return noisy
 
 
-def _floor(written: pd.DataFrame, exact: pd.DataFrame) -> dict[str, float]:
+def _floor(written: pd.DataFrame, exact: pd.DataFrame) -> dict[str, float | None]:
+    """Mean |written - exact| per target; None for no ECGs (a tiny tree may have no val/test fold)."""
+    if not len(exact):
+        return dict.fromkeys(TARGET_NAMES)
     return {
         t: float(np.mean(np.abs(written[t].to_numpy(float) - exact[t].to_numpy(float)))) for t in TARGET_NAMES
     }
 
 
-def label_noise_floor(root: str | os.PathLike, split: str | None = None) -> dict[str, float]:
+def label_noise_floor(root: str | os.PathLike, split: str | None = None) -> dict[str, float | None]:
     """The label-noise floor of a simulated tree: per target, the MAE a perfect model would show
     against the labels in its 12sl_features.csv (bpm, ms) = mean |written - exact| over the tree's
-    ECGs, or over one split ("train", "val", "test"). All zero without --label-noise.
+    ECGs, or over one split ("train", "val", "test"; None where the split has no ECGs). All zero
+    without --label-noise.
 
     Raises FileNotFoundError if `root` has no simulation.json, ValueError for an unknown split.
     """
