@@ -58,6 +58,26 @@ def _data_generate(args: argparse.Namespace) -> None:
     print(("reused " if reused else "wrote ") + store.summary())
 
 
+def _data_simulate(args: argparse.Namespace) -> None:
+    from ecgtune.data.simulated_ptbxl import label_noise_floor, write_simulated_ptbxl
+
+    out = write_simulated_ptbxl(
+        args.out,
+        args.n,
+        args.seed,
+        noise=args.noise_level,
+        label_noise=args.label_noise,
+        rebuild=args.rebuild,
+        workers=args.workers,
+        progress=True,
+    )
+    print(f"wrote {args.n} simulated ECGs (PTB-XL format, seed {args.seed}) to {out}")
+    if args.label_noise:
+        floor = ", ".join(f"{t} {v:.2f}" for t, v in label_noise_floor(out).items())
+        print(f"label-noise floor (MAE of a perfect model against 12sl_features.csv): {floor}")
+    print(f"convert it with: ecgtune data ptbxl {out} -o STORE")
+
+
 def _data_info(args: argparse.Namespace) -> None:
     from ecgtune.data.store import ECGStore
 
@@ -144,6 +164,12 @@ def _demo(args: argparse.Namespace) -> None:
     print(format_predictions(predict_records(final, [str(record)])))
 
 
+def _simulate_epilog() -> str:
+    from ecgtune.data.simulate import LABEL_DEFINITIONS
+
+    return LABEL_DEFINITIONS
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ecgtune", description=__doc__)
     verbs = p.add_subparsers(dest="verb", required=True)
@@ -183,6 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="cpu")
     d.add_argument("--rebuild", action="store_true")
     d.set_defaults(func=_data_generate)
+    d = dv.add_parser(
+        "simulate",
+        help="write a PTB-XL-format tree of simulated ECGs with exact labels (calibration data)",
+        description="Write simulated 12-lead ECGs as a PTB-XL-format tree (records500/, records100/, "
+        "ptbxl_database.csv, features/12sl_features.csv, simulation.json) whose HR, PR, QRS, QT labels "
+        "are exact. Convert it with `ecgtune data ptbxl DIR -o STORE`.",
+        epilog=_simulate_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    d.add_argument("-o", "--out", required=True, help="new (or empty) directory to write")
+    d.add_argument("-n", type=int, required=True, help="number of ECGs")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--noise-level", default="realistic", choices=["clean", "low", "realistic", "high"],
+                   help="recording noise: baseline wander, mains, EMG, electrode motion")  # fmt: skip
+    d.add_argument("--label-noise", action="store_true",
+                   help="write 12SL labels with program-to-program disagreement; exact ones go to "
+                   "features/exact_labels.csv, the noise SDs and floor to simulation.json")  # fmt: skip
+    d.add_argument("--workers", type=int, help="processes writing records (default: all cores)")
+    d.add_argument("--rebuild", action="store_true", help="replace a tree this command wrote before")
+    d.set_defaults(func=_data_simulate)
     d = dv.add_parser("info", help="summarise a store")
     d.add_argument("store")
     d.set_defaults(func=_data_info)

@@ -537,10 +537,12 @@ def _unreadable(base: Path, hea: Path, error: Exception) -> RecordFormatError:
     )
 
 
-def record_name(ecg_id: int) -> str:
-    """PTB-XL's 500 Hz record path for an ecg_id, relative to the root: records500/00000/00001_hr."""
+def record_name(ecg_id: int, *, low_rate: bool = False) -> str:
+    """PTB-XL's record path for an ecg_id, relative to the root: records500/00000/00001_hr, or
+    with `low_rate` the 100 Hz copy records100/00000/00001_lr."""
     ecg_id = int(ecg_id)
-    return f"records500/{ecg_id // 1000 * 1000:05d}/{ecg_id:05d}_hr"
+    folder, suffix = ("records100", "lr") if low_rate else ("records500", "hr")
+    return f"{folder}/{ecg_id // 1000 * 1000:05d}/{ecg_id:05d}_{suffix}"
 
 
 def write_record(
@@ -610,7 +612,7 @@ def write_database(root: str | os.PathLike, rows_df: pd.DataFrame) -> Path:
     if "filename_hr" not in df.columns:
         df["filename_hr"] = [record_name(i) for i in ids]
     if "filename_lr" not in df.columns:
-        df["filename_lr"] = [f"records100/{i // 1000 * 1000:05d}/{i:05d}_lr" for i in ids]
+        df["filename_lr"] = [record_name(i, low_rate=True) for i in ids]
     df["patient_id"] = df["patient_id"].astype(float)
     df["scp_codes"] = [str(c) if isinstance(c, dict) else c for c in df["scp_codes"]]
     extra = [c for c in df.columns if c not in DATABASE_COLUMNS]
