@@ -35,9 +35,10 @@ def mean_predictor(store: ECGStore, split: str, targets: Sequence[str]) -> dict[
     return {**ev.mae, "objective": ev.objective}
 
 
-def label_noise_floor(store: ECGStore, targets: Sequence[str]) -> dict[str, float] | None:
-    """Per-target MAE a perfect model would show on this store's labels, or None where unknown."""
-    floor = store.provenance.get(FLOOR_KEY)
+def label_noise_floor(store: ECGStore, split: str, targets: Sequence[str]) -> dict[str, float] | None:
+    """Per-target MAE a perfect model would show on `split`'s labels, or None where the source does not
+    know its label noise (`provenance["label_noise_floor"][split]`)."""
+    floor = (store.provenance.get(FLOOR_KEY) or {}).get(split)
     if not isinstance(floor, dict):
         return None
     return {t: float(floor[t]) for t in targets if floor.get(t) is not None}

@@ -248,7 +248,7 @@ def evaluate_on_test_fold(spec: Spec, model_dir: Path, store: ECGStore, out_dir:
         "targets": per_target,
         # Beside every MAE: what predicting the training mean scores, and what no model can beat.
         "mean_predictor": mean_predictor(store, "test", targets),
-        "label_noise_floor": label_noise_floor(store, targets),
+        "label_noise_floor": label_noise_floor(store, "test", targets),
         "plots": [p.name for p in plots],
         "ecgtune_version": __version__,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

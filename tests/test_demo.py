@@ -1,38 +1,37 @@
-"""The embedded demo data's PTB-XL stand-in is real PTB-XL format: the real loader reads it back whole."""
+"""The demo's PTB-XL data: simulated calibration ECGs read back through the real PTB-XL loader, with the
+label-noise floor carried into the store, and rebuilt only when its recipe changes."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import wfdb
 
-from ecgtune.data.demo import write_ptbxl_standin
-from ecgtune.data.ptbxl import convert_ptbxl, record_name
-from ecgtune.targets import LEADS, TARGETS
+import ecgtune.data.demo as demo
+from ecgtune.baselines import label_noise_floor
+from ecgtune.targets import TARGET_NAMES
 
 
-@pytest.mark.slow
-def test_ptbxl_standin_reads_back_through_the_real_loader(tmp_path):
-    n = 16
-    source = write_ptbxl_standin(tmp_path / "ptbxl-format", n=n, seed=3)
-    store, reused = convert_ptbxl(source, tmp_path / "store", label_source="12sl")
-    assert not reused
+@pytest.fixture
+def small_demo(monkeypatch):
+    monkeypatch.setattr(demo, "N_PTBXL", 60)
 
-    labels = store.labels
-    assert len(labels) == n  # every simulated record is readable and kept
-    # PTB-XL's rule: a patient's recordings share one fold, so one split
-    assert (labels.groupby("patient_id")["split"].nunique() == 1).all()
-    for t, spec in TARGETS.items():
-        values = labels[t].dropna()
-        assert len(values) >= n - 1, f"{t}: the delineator missed {n - len(values)} of {n}"
-        assert values.between(*spec.plausible).all(), f"{t}: {values.tolist()}"
 
-    # The store holds exactly the WFDB records' eight leads, in µV.
-    split = labels["split"].iloc[0]
-    rows = labels[labels["split"] == split]
-    first = rows.iloc[0]
-    record = wfdb.rdrecord(str(source / record_name(int(first["record_id"]))))
-    wanted = [record.sig_name.index(lead) for lead in LEADS]
-    expected = np.rint(record.p_signal[:, wanted].T * 1000)
-    got = store.signals(split)[0]
-    np.testing.assert_allclose(got, expected, atol=1)
+def test_demo_ptbxl_is_simulated_with_its_floor_and_reused(tmp_path, small_demo):
+    root = demo.claim_demo_root(tmp_path / "demo")
+    store, reused = demo.build_demo_ptbxl(root)
+    assert not reused and len(store) == 60
+    assert (store.labels.groupby("patient_id")["split"].nunique() == 1).all()  # patient-wise folds
+    for split in ("val", "test"):
+        floor = label_noise_floor(store, split, TARGET_NAMES)
+        if store.provenance["split_counts"][split]:
+            assert set(floor) == set(TARGET_NAMES) and all(v > 0 for v in floor.values()), floor
+    again, reused = demo.build_demo_ptbxl(root)
+    assert reused and again.key == store.key
+
+
+def test_a_legacy_standin_tree_in_the_demo_root_is_replaced(tmp_path, small_demo):
+    root = tmp_path / "demo"
+    (root / "ptbxl-format" / "records500").mkdir(parents=True)
+    (root / "ptbxl-format" / ".complete").write_text("old recipe")
+    root = demo.claim_demo_root(root)  # an old demo root of only demo entries is adopted
+    store, _ = demo.build_demo_ptbxl(root)
+    assert len(store) == 60 and not (root / "ptbxl-format" / ".complete").exists()

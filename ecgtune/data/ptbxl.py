@@ -674,6 +674,17 @@ def write_features(path: str | os.PathLike, df: pd.DataFrame, source: str = "12s
 # --------------------------------------------------------------------------- conversion
 
 
+def _simulated_floor(root: Path, label_source: str) -> dict[str, Any] | None:
+    """Per split, the label-noise floor a tree from `ecgtune data simulate` records for its 12SL labels
+    (`ecgtune.baselines`); None for any other source. Of the tree's ECGs per fold: a conversion that
+    skips or limits ECGs keeps the figure of the whole fold."""
+    from ecgtune.data.simulated_ptbxl import SIMULATION_FILE, label_noise_floor
+
+    if label_source != "12sl" or not (root / SIMULATION_FILE).is_file():
+        return None
+    return {"source": str(root / SIMULATION_FILE), **{s: label_noise_floor(root, s) for s in ("val", "test")}}
+
+
 def _features_path(root: Path, features: str | os.PathLike | None, label_source: str) -> Path:
     name = FEATURE_FILES[label_source]
     if features is None:
@@ -873,6 +884,9 @@ def convert_ptbxl(
                 "implausible_set_to_nan": {t: int(flags[kept, j].sum()) for j, t in enumerate(TARGET_NAMES)},
             }
             w.provenance["signals"] = {"resampled_to_500hz": resampled, "cut_to_first_10s": truncated}
+            floor = _simulated_floor(root, label_source)
+            if floor is not None:
+                w.provenance["label_noise_floor"] = floor
             w.provenance["elapsed_s"] = round(time.time() - t0, 1)
         return w.store
 
