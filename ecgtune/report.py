@@ -43,7 +43,7 @@ from pydantic import ValidationError
 
 from ecgtune.models import PRESETS
 from ecgtune.paths import check_new_file, claim_output_dir, marker_kind, write_marker
-from ecgtune.spec import Distribution, Spec, apply_variant, describe_space, resolve_store
+from ecgtune.spec import Distribution, Spec, apply_variant, data_root, describe_space, resolve_store
 from ecgtune.targets import TARGET_NAMES, TARGETS, check_targets
 from ecgtune.trial_status import EPOCH, OBJECTIVE, STATUS_MEANING, STATUSES, TOTAL_EPOCHS, trial_status
 
@@ -191,6 +191,7 @@ class Experiment:
     ended: bool
     summary: dict[str, Any] | None = None
     baseline: dict[str, float] | None = None
+    floor: dict[str, float] | None = None  # label-noise floor of the validation split (ecgtune.baselines)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -259,7 +260,7 @@ def load_experiment(path: str | os.PathLike[str], *, baseline: bool = True) -> E
         notes=notes,
     )
     if baseline and spec is not None:
-        exp.baseline = _store_baseline(spec, targets, notes)
+        exp.baseline, exp.floor = _store_baseline(spec, targets, notes)
     return exp
 
 
@@ -532,22 +533,29 @@ def training_mean_baseline(store_path: str | os.PathLike[str], targets: Sequence
     return mean_predictor(ECGStore(store_path), "val", targets)
 
 
-def _store_baseline(spec: Spec, targets: Sequence[str], notes: list[str]) -> dict[str, float] | None:
+def _store_baseline(
+    spec: Spec, targets: Sequence[str], notes: list[str]
+) -> tuple[dict[str, float] | None, dict[str, float] | None]:
+    """(mean predictor, label-noise floor) on the validation split of the sweep's fine-tuning store,
+    read from the store as it is now on this machine; (None, None) where it is not here."""
+    from ecgtune.baselines import label_noise_floor, mean_predictor
+    from ecgtune.data.store import ECGStore
+
     store = spec.data.finetune
-    if store.path is None:  # a demo store: resolving it would build it
-        notes.append("baseline: the fine-tuning store is a demo store; not computed")
-        return None
-    path = resolve_store(store)
+    # A demo store is looked up where `ecgtune data demo` puts it, never built by a report.
+    path = data_root() / "demo" / store.demo if store.path is None else resolve_store(store)
     if not path.is_dir():
         notes.append(f"baseline: fine-tuning store {path} is not on this machine; not computed")
-        return None
+        return None, None
     try:
-        value = training_mean_baseline(path, targets)
+        opened = ECGStore(path)
+        value = mean_predictor(opened, "val", targets)
+        floor = label_noise_floor(opened, "val", targets)
     except (OSError, ValueError, KeyError) as exc:
         notes.append(f"baseline: store {path} unreadable ({exc}); not computed")
-        return None
+        return None, None
     notes.append(f"baseline: from the store now at {path}; the sweep's store may have been rebuilt since")
-    return value
+    return value, floor
 
 
 # ===================================================================================== importance
@@ -742,6 +750,14 @@ def claim_report_dir(out: Path) -> Path:
 # ------------------------------------------------------------------------------------- markdown
 
 
+def _percent(value: float | None, of: float | None) -> str:
+    return "—" if value is None or not of else f"{100.0 * value / of:.0f}%"
+
+
+def _mae_col(target: str, which: str = "last") -> str:
+    return f"mae_{target}_{TARGETS[target].unit}_{which}"
+
+
 def _cell(v: Any, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
         return "–"
@@ -881,19 +897,34 @@ def _markdown(
                 f"{r['trial_id']} ({r['failures']}× `{_cell(r['error'])}`)" for _, r in recovered.iterrows()
             )
         )
-    md += ["", "## Baseline: predict the training mean", ""]
+    md += ["", "## Against the mean predictor and the label-noise floor", ""]
     if exp.baseline is not None:
-        md.append(
-            _table(
-                ["", "objective", *_target_head(targets)],
+        rows = []
+        if len(full):
+            best = full.iloc[0]
+            objective = _cell(best["objective_last"], 3)
+            rows.append(["best full-fidelity trial", objective, *_mae_cells(best, targets)])
+            rows.append(
                 [
-                    [
-                        "training mean",
-                        _cell(exp.baseline.get("objective"), 3),
-                        *[_cell(exp.baseline.get(x)) for x in targets],
-                    ]
-                ],
+                    "… as % of the mean predictor",
+                    "",
+                    *[_percent(_num(best, _mae_col(x)), exp.baseline.get(x)) for x in targets],
+                ]
             )
+        rows.append(
+            [
+                "mean predictor (training mean for every ECG)",
+                _cell(exp.baseline.get("objective"), 3),
+                *[_cell(exp.baseline.get(x)) for x in targets],
+            ]
+        )
+        floor = exp.floor or {}
+        floor_cells = [_cell(floor.get(x)) for x in targets]
+        rows.append(["label-noise floor (a perfect model's MAE)", "", *floor_cells])
+        md.append(_table(["", "objective", *_target_head(targets)], rows))
+        md.append(
+            "\nMAE on the validation split. The floor is known where the data's source knows its label "
+            "noise (simulated data: the noise added to exact labels); — elsewhere."
         )
     else:
         md.append(
