@@ -21,6 +21,7 @@ SCRIPTS = {
     "data_prep": ["generation", "labelling", "conversion", "reading"],
     # On a CPU (CI): the GPU script's code paths run on the CPU, packing included.
     "gpu": ["device", "models", "precision", "residency", "settings", "study", "packing"],
+    "simulate_speed": ["generation", "writing", "labels"],
 }
 
 

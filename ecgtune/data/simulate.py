@@ -96,7 +96,7 @@ HR_RANGE = (40.0, 150.0)
 # incomplete/IVCD: Surawicz et al., AHA/ACCF/HRS recommendations part III, Circulation
 # 2009;119:e235-40. Shares: PTB-XL's statement counts (Wagner et al., Sci Data 7:154, 2020, quoted
 # from memory, approx.): 1AVB ~800, CLBBB ~540, CRBBB ~540, IVCD ~790 of 21,799 ECGs.
-PR_NORMAL_MS, PR_NORMAL_SD = 156.0, 20.0
+PR_NORMAL_MS, PR_NORMAL_SD = 160.0, 20.0
 PR_PER_YEAR_MS = 0.35  # PR lengthens with age (approx.)
 PR_PER_BPM_MS = -0.4  # and shortens as the rate rises (approx.)
 P_AVB1, PR_AVB1_MS, PR_AVB1_TAIL_MS = 0.05, 205.0, 35.0  # 1AVB: 205 + exponential tail
@@ -233,10 +233,6 @@ def _take(v, idx):
 
 
 # ---------------------------------------------------------------------------- label distributions
-
-
-def _log_uniform(rng: np.random.Generator, lo: float, hi: float, size) -> np.ndarray:
-    return np.exp(rng.uniform(np.log(lo), np.log(hi), size))
 
 
 def _beat_train(rr0: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -507,7 +503,6 @@ def simulate_batch(
     x8 = render(params)
     add_noise(x8, noise_level(noise), rng)
     return twelve_leads(x8), params.labels
-
 
 
 if tuple(LEADS) != ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6"):
