@@ -114,9 +114,9 @@ def _fmt(value: object, digits: int = 1) -> str:
 
 
 def _params(params: dict[str, object]) -> str:
+    """`key=value` pairs, model knobs without their `model.` prefix: `num_blocks=3 finetune.lr=0.003`."""
+
     def short(v: object) -> str:
         return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    return " ".join(
-        f"{k.rsplit('.', 1)[-1] if k.count('.') == 1 else k}={short(v)}" for k, v in params.items()
-    )
+    return " ".join(f"{k.removeprefix('model.')}={short(v)}" for k, v in params.items())

@@ -224,9 +224,12 @@ class ProgressLines(tune.Callback):
     def __init__(self, spec: Spec):
         self.log = SweepLog(spec.targets)
         self.max_epochs = total_epochs(spec)
+        space = spec.search.space if spec.search else {}
+        self.shown = ["variant", *(k for k, d in space.items() if d.type != "same_as")]  # not the copies
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.log.result(trial.trial_id, {k: v for k, v in trial.config.items() if k != "spec"}, result)
+        params = {k: trial.config[k] for k in self.shown if k in trial.config}
+        self.log.result(trial.trial_id, params, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}

@@ -36,7 +36,7 @@ def test_sweep_log_is_one_aligned_line_per_epoch_and_per_ended_trial():
     log.ended("trial_ab12", "stopped", 3, 0.8123)
     header, row, end = out.getvalue().splitlines()
     assert header.split()[:5] == ["time", "trial", "stage", "epoch", "objective"] and "QRS ms" in header
-    cells = ["trial_ab12", "finetune", "3/5", "0.812", "4.6", "9.9", "lr=0.00123", "num_blocks=3"]
+    cells = ["trial_ab12", "finetune", "3/5", "0.812", "4.6", "9.9", "finetune.lr=0.00123", "num_blocks=3"]
     assert row.split()[1:] == cells
     assert header.index("objective") + len("objective") == row.index("0.812") + len("0.812")  # aligned
     assert end.split()[1:] == ["trial_ab12", "stopped", "after", "3", "epochs,", "objective", "0.812"]

@@ -266,7 +266,7 @@ def test_baseline_from_the_fine_tuning_store(handmade, handmade_report):
         assert base[t] == pytest.approx(np.abs(val[t] - train[t].mean()).mean())
     assert base["objective"] == pytest.approx(np.mean([base[t] / TARGETS[t].tolerance for t in TARGET_NAMES]))
     assert load_experiment(handmade).baseline == pytest.approx(base)
-    baseline_md = section((handmade_report / "report.md").read_text(), "Baseline")
+    baseline_md = section((handmade_report / "report.md").read_text(), "Against the mean predictor")
     assert f"{base['hr']:.2f}" in baseline_md
 
 

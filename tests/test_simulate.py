@@ -306,7 +306,7 @@ def test_never_overwrites_what_a_user_owns(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    with pytest.raises(ValueError, match=f"{mine} exists and is not empty"):
+    with pytest.raises(ValueError, match=f"{mine}: a non-empty directory ecgtune did not write"):
         write_simulated_ptbxl(mine, 3, workers=1, rebuild=True)
     assert (mine / "notes.txt").read_text() == "keep me" and len(list(mine.iterdir())) == 1
 

@@ -229,13 +229,13 @@ BAD: dict[str, tuple[str, Callable[[dict[str, Any]], None], list[str]]] = {
     ),
     "grace period beyond the fine-tuning epochs": (
         "smoke",
-        setting("search/asha/grace_period", 4),
-        ["search.asha.grace_period: 4 is more than the 3 fine-tuning epochs ASHA counts (search.asha.clock)"],
+        setting("search/asha/grace_period", 11),
+        ["search.asha.grace_period: 11 is more than the 10 fine-tuning epochs ASHA counts"],
     ),
     "grace period beyond all epochs": (
         "smoke",
-        lambda d: d["search"]["asha"].update(clock="all", grace_period=6),
-        ["search.asha.grace_period: 6 is more than the 5 epochs a trial trains (pretrain 2 + finetune 3)"],
+        lambda d: d["search"]["asha"].update(clock="all", grace_period=13),
+        ["search.asha.grace_period: 13 is more than the 12 epochs a trial trains (pretrain 2 + finetune 10)"],
     ),
     "unknown ASHA clock": (
         "smoke",
@@ -244,8 +244,8 @@ BAD: dict[str, tuple[str, Callable[[dict[str, Any]], None], list[str]]] = {
     ),
     "freeze beyond the epochs": (
         "smoke",
-        setting("stages/finetune/freeze_backbone_epochs", 4),
-        ["stages.finetune.freeze_backbone_epochs: 4 is more than the stage's 3 epochs"],
+        setting("stages/finetune/freeze_backbone_epochs", 11),
+        ["stages.finetune.freeze_backbone_epochs: 11 is more than the stage's 10 epochs"],
     ),
     "store with path and demo": (
         "smoke",
@@ -270,7 +270,7 @@ BAD: dict[str, tuple[str, Callable[[dict[str, Any]], None], list[str]]] = {
     "residual widths untied": (
         "smoke",
         removing("search/space/model.stem_widths.1"),
-        ["search.space.model.block_widths.1: choice 8 is impossible", "stem_widths[-1]"],
+        ["search.space.model.block_widths.1: choice 16 is impossible", "stem_widths[-1]"],
     ),
     "list index out of range": (
         "smoke",
@@ -439,8 +439,8 @@ def test_duplicate_keys_are_refused_and_exponents_are_floats(tmp_path: Path) -> 
         load_spec(dup)
     # YAML 1.1 (PyYAML) reads `1e-3` as a string; specs read it as the float everyone means.
     exp = tmp_path / "exp.yaml"
-    exp.write_text(text.replace("lr: 1.0e-3", "lr: 1e-3"))
-    assert load_spec(exp).stages.finetune.lr == 1e-3
+    exp.write_text(text.replace("lr: 3.0e-3", "lr: 3e-3"))
+    assert load_spec(exp).stages.finetune.lr == 3e-3
 
 
 def test_dump_round_trips_odd_values_and_replaces_atomically(tmp_path: Path) -> None:
@@ -477,7 +477,7 @@ def test_apply_params_sets_nested_values_and_leaves_the_spec_alone() -> None:
     assert run.stages.transfer.keep_head is True
     assert run.search is None
     assert spec.model_dump() == before  # nothing leaked into the input
-    assert spec.model.params["block_widths"] == [16, 16]
+    assert spec.model.params["block_widths"] == [24, 24]
 
 
 def test_apply_params_fills_list_knobs_from_preset_defaults_and_same_as() -> None:

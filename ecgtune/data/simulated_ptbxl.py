@@ -49,13 +49,18 @@ from ecgtune.data.simulate import (
     twelve_leads,
 )
 from ecgtune.data.simulate_noise import NoiseLevel, add_noise, noise_level
+from ecgtune.paths import MARKER_FILE, OutputPathError, claim_output_dir, marker_kind, write_marker
+from ecgtune.progress import Progress
 from ecgtune.targets import MICROVOLTS_PER_MILLIVOLT, SAMPLING_RATE_HZ, TARGET_NAMES
 
 SIMULATION_FILE = "simulation.json"
 FEATURES_FILE = "features/12sl_features.csv"
 EXACT_LABELS_FILE = "features/exact_labels.csv"
 # What the simulator writes at the top of a tree: --rebuild replaces a tree holding nothing else.
-TREE_ENTRIES = frozenset({"records500", "records100", "ptbxl_database.csv", "features", SIMULATION_FILE})
+KIND = "simulated-ptbxl"  # its `ecgtune.paths` output kind
+TREE_ENTRIES = frozenset(
+    {"records500", "records100", "ptbxl_database.csv", "features", SIMULATION_FILE, MARKER_FILE}
+)
 LOW_RATE_HZ = 100
 CHUNK_SIZE = 256  # ECGs rendered (and seeded) together; part of what a seed means, like the version
 # PTB-XL: 21,799 ECGs of 18,869 patients (Wagner et al., Sci Data 7:154, 2020), 1.155 per patient:
@@ -236,23 +241,18 @@ def _write_chunk(
 
 
 def _check_output(out: Path, rebuild: bool) -> None:
-    """The output rule: never delete or overwrite what a user owns (ValueError naming the path)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise ValueError(f"{out} exists and is not a directory; choose a new output directory")
-    entries = {p.name for p in out.iterdir()}
-    if not entries:
-        return
-    if not (out / SIMULATION_FILE).is_file():
-        raise ValueError(
-            f"{out} exists and is not empty; choose a new or empty directory (nothing is overwritten)"
-        )
+    """The output rule (`ecgtune.paths`): never delete or overwrite what a user owns. Only a tree this
+    module wrote (its `.ecgtune` marker) may be replaced, with `rebuild`, and only if nothing was added."""
+    claim_output_dir(out, KIND, create=False)  # refuses a file, a foreign or another kind's directory
+    if marker_kind(out) != KIND:
+        return  # absent or empty
     if not rebuild:
-        raise ValueError(f"{out} already holds a simulated tree; pass --rebuild to replace it")
-    foreign = sorted(entries - TREE_ENTRIES)
+        raise OutputPathError(f"{out} already holds a simulated tree; pass --rebuild to replace it")
+    foreign = sorted({p.name for p in out.iterdir()} - TREE_ENTRIES)
     if foreign:
-        raise ValueError(f"{out} holds files the simulator did not write ({foreign[:5]}); not replacing it")
+        raise OutputPathError(
+            f"{out} holds files the simulator did not write ({foreign[:5]}); not replacing it"
+        )
 
 
 def write_simulated_ptbxl(
@@ -284,6 +284,7 @@ def write_simulated_ptbxl(
     out.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
+    write_marker(tmp, KIND)
     try:
         _write_tree(tmp, int(n), int(seed), level, label_noise, workers or os.cpu_count() or 1, progress, t0)
         _check_output(out, rebuild)  # again: another process may have written there meanwhile
@@ -377,7 +378,5 @@ def _write_tree(root: Path, n: int, seed: int, level: NoiseLevel, label_noise: b
     (root / SIMULATION_FILE).write_text(json.dumps(info, indent=2) + "\n")  # last: marks the tree complete
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, unit="ECG", desc="simulate", disable=not enabled)
+def _progress(total: int, enabled: bool) -> Progress:
+    return Progress(total, "simulating", enabled=enabled)
