@@ -28,7 +28,8 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.metrics import Gauge
 
-from ecgtune.spec import Spec, StoreSpec, asha_max_t, load_spec, make_sampler, resolve_store
+from ecgtune.metrics import SWEEP_TRIALS
+from ecgtune.spec import Spec, StoreSpec, asha_max_t, load_spec, make_sampler, require_store
 from ecgtune.targets import TARGETS, check_targets
 from ecgtune.trial import run_trial
 
@@ -77,7 +78,7 @@ class SweepGauges(tune.Callback):
 
     def _publish(self) -> None:
         if self.gauge is None:
-            self.gauge = Gauge("ecgtune_sweep_trials", "trials of a sweep by state", ("sweep", "state"))
+            self.gauge = Gauge(SWEEP_TRIALS.name, SWEEP_TRIALS.description, SWEEP_TRIALS.labels)
         for state in ("running", "finished", "stopped", "error"):
             self.gauge.set(self.counts[state], {"sweep": self.sweep, "state": state})
 
@@ -116,13 +117,14 @@ def total_epochs(spec: Spec) -> int:
 
 
 def resolve_data(spec: Spec) -> Spec:
-    """Absolute store paths (building the demo stores here, once) so every trial reads the same files."""
+    """Absolute store paths (building the demo stores here, once, outside a Ray job) so every trial reads
+    the same files; a store that is not there fails the sweep before Ray starts, naming its path."""
     data = spec.data.model_copy(
         update={
-            "finetune": StoreSpec(path=str(resolve_store(spec.data.finetune))),
+            "finetune": StoreSpec(path=str(require_store(spec.data.finetune))),
             "pretrain": None
             if spec.data.pretrain is None
-            else StoreSpec(path=str(resolve_store(spec.data.pretrain))),
+            else StoreSpec(path=str(require_store(spec.data.pretrain))),
         }
     )
     return spec.model_copy(update={"data": data})
@@ -232,15 +234,14 @@ def run_sweep(
     storage = _storage_path(spec, storage_path)
     # Ray's newer console output ignores a custom reporter and prints each trial's whole config.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    spec = resolve_data(spec)  # before Ray: a missing store fails in a second, not after Ray's start-up
     _init_ray(address)
     started = time.time()
     if resume:
         experiment_path = _latest_experiment(storage, spec.name) if resume == "latest" else resume
-        spec = resolve_data(spec)
         tuner = tune.Tuner.restore(experiment_path, trainable=_trainable(spec), resume_errored=True)
         searcher = None
     else:
-        spec = resolve_data(spec)
         experiment_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         experiment_path = f"{storage.rstrip('/')}/{experiment_name}"
         tuner, searcher = build_tuner(spec, storage, experiment_name)

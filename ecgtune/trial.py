@@ -20,6 +20,7 @@ import torch
 from ray import tune
 from ray.util.metrics import Gauge
 
+from ecgtune import metrics as m
 from ecgtune.spec import Spec, apply_params, apply_variant, trial_params
 from ecgtune.stages import TwoStageRun
 from ecgtune.targets import TARGET_NAMES
@@ -115,22 +116,29 @@ def _first_attempt() -> bool:
 
 
 class _DashboardGauges:
-    """Per-trial series for the Ray dashboard's Prometheus/Grafana view (Tune itself exports none)."""
+    """Per-trial series for the Ray dashboard's Prometheus/Grafana view (Tune itself exports none);
+    names, help texts and labels come from `ecgtune.metrics`."""
 
     def __init__(self, sweep: str, trial_id: str):
         self.tags = {"sweep": sweep, "trial": trial_id}
-        keys = ("sweep", "trial")
-        self.objective = Gauge("ecgtune_trial_objective", "PTB-XL validation objective", keys)
-        self.epoch = Gauge("ecgtune_trial_epoch", "epochs finished (both stages)", keys)
-        self.stage = Gauge(
-            "ecgtune_trial_stage", "0 = pretraining on DeepFake, 1 = fine-tuning on PTB-XL", keys
-        )
-        self.mae = Gauge("ecgtune_trial_val_mae", "PTB-XL validation MAE (bpm or ms)", (*keys, "target"))
+        self.objective = _gauge(m.TRIAL_OBJECTIVE)
+        # The objective of fine-tuning epochs only: a "best so far" over it never counts the zero-shot
+        # read-outs of pretraining, which no fine-tuned model reached.
+        self.finetune_objective = _gauge(m.TRIAL_FINETUNE_OBJECTIVE)
+        self.epoch = _gauge(m.TRIAL_EPOCH)
+        self.stage = _gauge(m.TRIAL_STAGE)
+        self.mae = _gauge(m.TRIAL_VAL_MAE)
 
     def update(self, metrics: dict[str, Any]) -> None:
         self.objective.set(metrics["objective"], self.tags)
+        if metrics["stage"] == "finetune":
+            self.finetune_objective.set(metrics["objective"], self.tags)
         self.epoch.set(metrics["epoch"], self.tags)
-        self.stage.set(0 if metrics["stage"] == "pretrain" else 1, self.tags)
+        self.stage.set(m.STAGE_VALUES[metrics["stage"]], self.tags)
         for t in TARGET_NAMES:
             if f"ptbxl_val_mae_{t}" in metrics:
                 self.mae.set(metrics[f"ptbxl_val_mae_{t}"], {**self.tags, "target": t})
+
+
+def _gauge(series: m.Series) -> Gauge:
+    return Gauge(series.name, series.description, series.labels)
