@@ -28,10 +28,10 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.metrics import Gauge
 
-from ecgtune.metrics import SWEEP_TRIALS
+from ecgtune.metrics import SWEEP_TRIALS, KeptGauge
 from ecgtune.spec import Spec, StoreSpec, asha_max_t, load_spec, make_sampler, require_store
 from ecgtune.targets import TARGETS, check_targets
-from ecgtune.trial import run_trial
+from ecgtune.trial import metrics_report_interval_s, run_trial
 
 METRIC, MODE = "objective", "min"
 SUMMARY_FILE = "summary.json"
@@ -74,11 +74,14 @@ class SweepGauges(tune.Callback):
     def __init__(self, sweep: str):
         self.sweep = sweep
         self.counts: Counter[str] = Counter()
-        self.gauge: Gauge | None = None
+        self.gauge: KeptGauge | None = None
+        self.published_at = 0.0
 
     def _publish(self) -> None:
         if self.gauge is None:
-            self.gauge = Gauge(SWEEP_TRIALS.name, SWEEP_TRIALS.description, SWEEP_TRIALS.labels)
+            gauge = Gauge(SWEEP_TRIALS.name, SWEEP_TRIALS.description, SWEEP_TRIALS.labels)
+            self.gauge = KeptGauge(gauge, metrics_report_interval_s())
+        self.published_at = time.monotonic()
         for state in ("running", "finished", "stopped", "error"):
             self.gauge.set(self.counts[state], {"sweep": self.sweep, "state": state})
 
@@ -97,6 +100,20 @@ class SweepGauges(tune.Callback):
         self.counts["running"] -= 1
         self.counts["error"] += 1
         self._publish()
+
+    def on_experiment_end(self, trials, **info):
+        if self.gauge is None:
+            return
+        # The final counts reach the node's metrics agent at its next report tick: with a dashboard
+        # (whose service-discovery file Prometheus follows) wait for it, or the board keeps showing a
+        # running trial of a sweep that has ended.
+        if ray.is_initialized() and ray._private.worker.get_dashboard_url():
+            time.sleep(max(0.0, self.published_at + metrics_report_interval_s() + 0.5 - time.monotonic()))
+        self.gauge.release()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into the experiment state; the gauge is rebuilt on first use.
+        return {**self.__dict__, "gauge": None}
 
 
 @dataclass

@@ -90,6 +90,7 @@ def run_trial(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             run.save(d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    gauges.close()
 
 
 def _maybe_fail(epoch: int) -> None:
@@ -117,9 +118,15 @@ def _first_attempt() -> bool:
 
 class _DashboardGauges:
     """Per-trial series for the Ray dashboard's Prometheus/Grafana view (Tune itself exports none);
-    names, help texts and labels come from `ecgtune.metrics`."""
+    names, help texts and labels come from `ecgtune.metrics`. Values stay on the metrics export
+    between epochs (`metrics.KeptGauge`) until the trial ends."""
+
+    _previous: _DashboardGauges | None = None  # the trial this worker ran before (reuse_actors)
 
     def __init__(self, sweep: str, trial_id: str):
+        if _DashboardGauges._previous is not None:
+            _DashboardGauges._previous.close()  # a reused worker: that trial is over
+        _DashboardGauges._previous = self
         self.tags = {"sweep": sweep, "trial": trial_id}
         self.objective = _gauge(m.TRIAL_OBJECTIVE)
         # The objective of fine-tuning epochs only: a "best so far" over it never counts the zero-shot
@@ -139,6 +146,16 @@ class _DashboardGauges:
             if f"ptbxl_val_mae_{t}" in metrics:
                 self.mae.set(metrics[f"ptbxl_val_mae_{t}"], {**self.tags, "target": t})
 
+    def close(self) -> None:
+        for gauge in vars(self).values():
+            if isinstance(gauge, m.KeptGauge):
+                gauge.release()
 
-def _gauge(series: m.Series) -> Gauge:
-    return Gauge(series.name, series.description, series.labels)
+
+def _gauge(series: m.Series) -> m.KeptGauge:
+    return m.KeptGauge(Gauge(series.name, series.description, series.labels), metrics_report_interval_s())
+
+
+def metrics_report_interval_s() -> float:
+    """How often this process hands its metrics to the node's agent (RAY_metrics_report_interval_ms)."""
+    return max(ray._config.metrics_report_interval_ms(), 1000) / 1000

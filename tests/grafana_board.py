@@ -1,6 +1,6 @@
 """Reading cluster/grafana/ecgtune-dashboard.json as Grafana does: panels, their PromQL, variables.
 
-Used by the fast name checks (test_monitoring_names.py) and by the Prometheus end-to-end test
+Used by the fast name checks (test_monitoring.py) and by the Prometheus end-to-end test
 (test_monitoring_prometheus.py), which runs every query against a real server.
 """
 

@@ -4,7 +4,7 @@ Offline and without starting Ray: the launcher YAML goes through the autoscaler'
 `prepare_config` + `validate_config` (the steps `ray up` runs before it contacts the cloud), `ray start`
 flags through Ray's own CLI parser, the runtime env through Ray's own parser and packaging excludes;
 the KubeRay manifests get structural checks. The Grafana dashboard is checked against
-`ecgtune.metrics` in test_monitoring_names.py.
+`ecgtune.metrics` in test_monitoring.py.
 """
 
 from __future__ import annotations

@@ -236,6 +236,10 @@ def test_every_grafana_panel_returns_its_series_from_a_real_prometheus(head, pro
                 (json.loads(k).get(next(iter(q.legend_labels), ""), "")): v for k, v in values.items()
             }
 
+    for (where, target), series in results.items():  # shown with -s: what each panel returned
+        shown = {k: (v[-1] if len(v) == 1 else f"{len(v)} points") for k, v in sorted(series.items())}
+        print(f"{where}{'' if target == '.*' else ' [' + target + ']'}: {len(series)} series {shown}")
+
     def panel(title_part: str, target: str = ".*") -> dict[str, list[float]]:
         (key,) = [k for k in results if title_part in k[0] and k[1] == target]
         return results[key]
@@ -256,5 +260,7 @@ def test_every_grafana_panel_returns_its_series_from_a_real_prometheus(head, pro
     # Best objective: a fine-tuning value some trial reported, never a zero-shot one from pretraining.
     ((best,),) = panel("Best fine-tuning objective").values()
     finetune_values = [r["objective"] for rows in epochs.values() for r in rows if r["stage"] == "finetune"]
+    pretrain_values = [r["objective"] for rows in epochs.values() for r in rows if r["stage"] == "pretrain"]
+    print(f"best on the board {best}; fine-tuning min {min(finetune_values)}; pretraining {pretrain_values}")
     assert any(best == pytest.approx(v, rel=1e-6) for v in finetune_values), (best, finetune_values)
     assert best >= min(finetune_values) * (1 - 1e-6)

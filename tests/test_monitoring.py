@@ -1,6 +1,8 @@
-"""The gauges, the Grafana board and the READMEs name the same series: `ecgtune.metrics` is the source.
+"""ecgtune's dashboard series without a cluster: the gauges, the Grafana board and the READMEs name the
+same series (`ecgtune.metrics` is the source), and the values the gauges hold.
 
 Fast and without Ray: the gauges are built against a recording stand-in for `ray.util.metrics.Gauge`.
+The board against a real Prometheus: test_monitoring_prometheus.py.
 """
 
 from __future__ import annotations
@@ -56,8 +58,10 @@ def _publish_everything() -> dict[str, RecordingGauge]:
     gauges.update(_epoch("pretrain", 1, 0.5))  # zero-shot read-out: better than anything fine-tuned
     gauges.update(_epoch("finetune", 2, 1.5))
     gauges.update(_epoch("finetune", 3, 1.2))
+    gauges.close()
     sweep = SweepGauges("s")
     sweep.on_trial_start(0, [], None)
+    sweep.on_experiment_end([])
     return {g.name: g for g in RecordingGauge.made}
 
 
@@ -142,3 +146,45 @@ def test_readmes_name_the_series_the_code_publishes():
         assert not stray, f"{doc.relative_to(REPO)} names series ecgtune does not publish: {sorted(stray)}"
     for s in metrics.SERIES:  # the labels too, as the README writes them: name{label,...}
         assert f"{s.prometheus_name}" in monitoring and all(label in monitoring for label in s.labels)
+
+
+def test_gauges_keep_their_latest_values_until_the_trial_ends(recorded):
+    """Ray exports a gauge only in a report interval in which it was set; the keeper re-sets the latest
+    values (one per label set) so a trial's series does not vanish between epochs minutes apart."""
+    from ecgtune.metrics import _KEEPER
+    from ecgtune.trial import _DashboardGauges
+
+    first = _DashboardGauges("s", "t1")
+    first.update(_epoch("pretrain", 1, 0.5))
+    first.update(_epoch("finetune", 2, 1.5))
+    epoch = next(g for g in recorded if g.name == metrics.TRIAL_EPOCH.name)
+    del epoch.values[:]
+    _KEEPER.refresh()
+    assert epoch.values == [(2, {"sweep": "s", "trial": "t1"})]  # the latest value only, again
+    # A reused worker starts the next trial: the previous trial's values are no longer kept.
+    second = _DashboardGauges("s", "t2")
+    second.update(_epoch("pretrain", 1, 0.7))
+    epochs = [g for g in recorded if g.name == metrics.TRIAL_EPOCH.name]
+    for g in epochs:
+        del g.values[:]
+    _KEEPER.refresh()
+    assert [v for g in epochs for v in g.values] == [(1, {"sweep": "s", "trial": "t2"})]
+    second.close()
+    _KEEPER.refresh()
+    assert [v for g in epochs for v in g.values] == [(1, {"sweep": "s", "trial": "t2"})]
+
+
+def test_sweep_gauges_survive_tunes_pickling_and_count_states(recorded):
+    import pickle
+
+    from ecgtune.search import SweepGauges
+
+    sweep = SweepGauges("s")
+    sweep.on_trial_start(0, [], None)
+    restored = pickle.loads(pickle.dumps(sweep))  # Tune stores its callbacks in the experiment state
+    assert restored.gauge is None and restored.counts["running"] == 1
+    restored.on_trial_error(0, [], None)
+    values = {tags["state"]: v for v, tags in recorded[-1].values[-4:]}
+    assert values["running"] == 0 and values["error"] == 1
+    sweep.on_experiment_end([])
+    restored.on_experiment_end([])
