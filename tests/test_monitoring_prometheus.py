@@ -214,7 +214,7 @@ def test_every_grafana_panel_returns_its_series_from_a_real_prometheus(head, pro
     assert found["trial"] == set(trials), found
     assert found["target"] == {"hr", "pr", "qrs", "qt"}, found
 
-    results = {}
+    results, stamps = {}, {}
     for q in queries:
         targets = sorted(found["target"]) if q.repeat == "target" else [".*"]
         for target in targets:
@@ -232,9 +232,10 @@ def test_every_grafana_panel_returns_its_series_from_a_real_prometheus(head, pro
                 assert q.legend_labels <= set(r["metric"]), (
                     f"{q.where}: {r['metric']} lacks {q.legend_labels}"
                 )
-            results[(q.where, target)] = {
-                (json.loads(k).get(next(iter(q.legend_labels), ""), "")): v for k, v in values.items()
-            }
+            legend = next(iter(q.legend_labels), "")
+            results[(q.where, target)] = {json.loads(k).get(legend, ""): v for k, v in values.items()}
+            if not q.instant:
+                stamps[(q.where, target)] = {r["metric"][legend]: [t for t, _ in r["values"]] for r in rows}
 
     for (where, target), series in results.items():  # shown with -s: what each panel returned
         shown = {k: (v[-1] if len(v) == 1 else f"{len(v)} points") for k, v in sorted(series.items())}
@@ -248,6 +249,18 @@ def test_every_grafana_panel_returns_its_series_from_a_real_prometheus(head, pro
     final = {state: v[-1] for state, v in panel("Trials by state (latest").items()}
     assert final == {"running": 0, **states}, (final, states)
     assert set(panel("Trials by state over time")) == {"running", "finished", "stopped", "error"}
+    # Lines, not dots: a series stays on the export between the moments it is set (trial events for the
+    # driver, epochs for a trial), so the time-series panels have no gaps while it lives.
+    for where in ("Trials by state over time", "Objective per trial", "Stage per trial"):
+        ((key, by_label),) = [(k, v) for k, v in stamps.items() if where in k[0]]
+        gaps = {
+            label: max(b - a for a, b in zip(ts, ts[1:], strict=False))
+            for label, ts in by_label.items()
+            if len(ts) > 1
+        }
+        assert all(g <= 3 for g in gaps.values()), (where, gaps)
+    span = [ts[-1] - ts[0] for ts in stamps[next(k for k in stamps if "over time" in k[0])].values()]
+    assert min(span) >= 0.6 * (summary["wall_seconds"] - 5), (span, summary["wall_seconds"])
     # Per-trial panels: one series per trial, every trial.
     assert set(panel("Objective per trial")) == set(trials)
     for target in ("hr", "pr", "qrs", "qt"):
