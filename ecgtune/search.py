@@ -75,13 +75,11 @@ class SweepGauges(tune.Callback):
         self.sweep = sweep
         self.counts: Counter[str] = Counter()
         self.gauge: KeptGauge | None = None
-        self.published_at = 0.0
 
     def _publish(self) -> None:
         if self.gauge is None:
             gauge = Gauge(SWEEP_TRIALS.name, SWEEP_TRIALS.description, SWEEP_TRIALS.labels)
             self.gauge = KeptGauge(gauge, metrics_report_interval_s())
-        self.published_at = time.monotonic()
         for state in ("running", "finished", "stopped", "error"):
             self.gauge.set(self.counts[state], {"sweep": self.sweep, "state": state})
 
@@ -102,14 +100,10 @@ class SweepGauges(tune.Callback):
         self._publish()
 
     def on_experiment_end(self, trials, **info):
-        if self.gauge is None:
-            return
-        # The final counts reach the node's metrics agent at its next report tick: with a dashboard
-        # (whose service-discovery file Prometheus follows) wait for it, or the board keeps showing a
-        # running trial of a sweep that has ended.
-        if ray.is_initialized() and ray._private.worker.get_dashboard_url():
-            time.sleep(max(0.0, self.published_at + metrics_report_interval_s() + 0.5 - time.monotonic()))
-        self.gauge.release()
+        # Stop re-setting the counts; the final ones still reach the metrics agent (measured: a driver
+        # that exited 1 s after its last set, with the default 10 s report interval, had it exported).
+        if self.gauge is not None:
+            self.gauge.release()
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into the experiment state; the gauge is rebuilt on first use.
