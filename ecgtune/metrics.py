@@ -6,9 +6,10 @@ names them; `tests/test_monitoring.py` checks that the three agree. No Ray impor
 that test runs in a second without a cluster.
 
 Ray prefixes every custom metric with `ray_`: `Gauge("ecgtune_trial_epoch")` is scraped as
-`ray_ecgtune_trial_epoch`. A worker's gauges reach its node's metrics agent every
-`metrics_report_interval_ms` (10 s by default) and stay there for two such intervals after the
-worker exits; then the series ends.
+`ray_ecgtune_trial_epoch`. A process hands a gauge set since its last report to the node's metrics
+agent every `metrics_report_interval_ms` (10 s by default), and the agent keeps a value for two such
+intervals; `KeptGauge` (below) re-sets the latest values, so a series lives as long as the process
+that publishes it, plus those two intervals.
 """
 
 from __future__ import annotations
