@@ -91,7 +91,10 @@ def head():
 
 def _prometheus_config(session: Path, out: Path) -> Path:
     """Ray's own generated config, intervals shortened: it scrapes what Ray's service-discovery file lists."""
-    generated = yaml.safe_load((session / "metrics" / "prometheus" / "prometheus.yml").read_text())
+    ray_config = session / "metrics" / "prometheus" / "prometheus.yml"  # written once the dashboard is up
+    generated = yaml.safe_load(
+        _wait_for(str(ray_config), lambda: ray_config.is_file() and ray_config.read_text(), 60)
+    )
     (job,) = generated["scrape_configs"]
     (sd_file,) = job["file_sd_configs"][0]["files"]
     # Ray 2.60 writes the file into the session directory (and links it from the temp dir's root).
