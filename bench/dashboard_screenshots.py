@@ -99,6 +99,9 @@ class Browser:
 
     def open(self, url: str, wait_for: str, timeout: float = 60) -> bool:
         """Navigate, then wait until the page's text contains `wait_for` (the app fetches after load)."""
+        # A full load every time: between two dashboard URLs that differ only after "#", the app would
+        # keep its state, e.g. the token prompt it opened before the cookie was set.
+        self.call("Page.navigate", url="about:blank")
         self.call("Page.navigate", url=url)
         found = wait_until(lambda: wait_for in self.text(), timeout, 0.5)
         time.sleep(3)  # let the tables and charts finish drawing

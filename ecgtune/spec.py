@@ -1272,11 +1272,11 @@ def data_root() -> Path:
     directory is a temporary copy: stores below it would be rebuilt, or missing, on every submission)."""
     value = os.environ.get(DATA_ENV)
     if running_as_ray_job() and not (value and Path(value).expanduser().is_absolute()):
-        got = f"{DATA_ENV}={value!r}" if value else f"{DATA_ENV} is not set (default ./data)"
+        got = f"{DATA_ENV}={value!r} is relative" if value else f"{DATA_ENV} is not set (default ./data)"
         raise DataRootError(
-            f"running as a Ray job in a temporary copy of the submitted directory ({Path.cwd()}): "
-            f"{got} would put the data stores inside it. Point {DATA_ENV} at the absolute path where the "
-            f"stores live on the cluster: {RUNTIME_ENV_HINT}"
+            f"running as a Ray job in a temporary copy of the submitted directory ({Path.cwd()}), and {got}: "
+            f"the stores would be looked for inside that copy. Point {DATA_ENV} at the absolute path where "
+            f"the stores live on the cluster: {RUNTIME_ENV_HINT}"
         )
     return Path(value or "data").expanduser().resolve()
 
