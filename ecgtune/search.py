@@ -29,10 +29,11 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.metrics import Gauge
 
+from ecgtune.metrics import SWEEP_TRIALS, KeptGauge
 from ecgtune.progress import SweepLog
-from ecgtune.spec import ASHASpec, Spec, StoreSpec, asha_max_t, load_spec, make_sampler, resolve_store
+from ecgtune.spec import ASHASpec, Spec, StoreSpec, asha_max_t, load_spec, make_sampler, require_store
 from ecgtune.targets import TARGETS, check_targets
-from ecgtune.trial import run_trial
+from ecgtune.trial import metrics_report_interval_s, run_trial
 from ecgtune.trial_status import OBJECTIVE, STATUSES, finite_objective, is_diverged, trial_status
 
 METRIC, MODE = OBJECTIVE, "min"
@@ -141,11 +142,12 @@ class SweepGauges(tune.Callback):
     def __init__(self, sweep: str):
         self.sweep = sweep
         self.counts: Counter[str] = Counter()
-        self.gauge: Gauge | None = None
+        self.gauge: KeptGauge | None = None
 
     def _publish(self) -> None:
         if self.gauge is None:
-            self.gauge = Gauge("ecgtune_sweep_trials", "trials of a sweep by state", ("sweep", "state"))
+            gauge = Gauge(SWEEP_TRIALS.name, SWEEP_TRIALS.description, SWEEP_TRIALS.labels)
+            self.gauge = KeptGauge(gauge, metrics_report_interval_s())
         for state in STATUSES:
             self.gauge.set(self.counts[state], {"sweep": self.sweep, "state": state})
 
@@ -163,6 +165,16 @@ class SweepGauges(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._ended(trial_status(trial.last_result, errored=True))
+
+    def on_experiment_end(self, trials, **info):
+        # Stop re-setting the counts; the final ones still reach the metrics agent (measured: a driver
+        # that exited 1 s after its last set, with the default 10 s report interval, had it exported).
+        if self.gauge is not None:
+            self.gauge.release()
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into the experiment state; the gauge is rebuilt on first use.
+        return {**self.__dict__, "gauge": None}
 
 
 @dataclass
@@ -193,13 +205,14 @@ def total_epochs(spec: Spec) -> int:
 
 
 def resolve_data(spec: Spec) -> Spec:
-    """Absolute store paths (building the demo stores here, once) so every trial reads the same files."""
+    """Absolute store paths (building the demo stores here, once, outside a Ray job) so every trial reads
+    the same files; a store that is not there fails the sweep before Ray starts, naming its path."""
     data = spec.data.model_copy(
         update={
-            "finetune": StoreSpec(path=str(resolve_store(spec.data.finetune))),
+            "finetune": StoreSpec(path=str(require_store(spec.data.finetune))),
             "pretrain": None
             if spec.data.pretrain is None
-            else StoreSpec(path=str(resolve_store(spec.data.pretrain))),
+            else StoreSpec(path=str(require_store(spec.data.pretrain))),
         }
     )
     return spec.model_copy(update={"data": data})
@@ -327,15 +340,14 @@ def run_sweep(
     # Keeping a few checkpoints per trial (run.checkpoints_kept) makes Tune snapshot its state after
     # most epochs, and warn each time that this "may become a bottleneck": it takes milliseconds here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    spec = resolve_data(spec)  # before Ray: a missing store fails in a second, not after Ray's start-up
     _init_ray(address)
     started = time.time()
     if resume:
         experiment_path = _latest_experiment(storage, spec.name) if resume == "latest" else resume
-        spec = resolve_data(spec)
         tuner = tune.Tuner.restore(experiment_path, trainable=_trainable(spec), resume_errored=True)
         searcher = None
     else:
-        spec = resolve_data(spec)
         experiment_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         experiment_path = f"{storage.rstrip('/')}/{experiment_name}"
         sweep = build_tuner(spec, storage, experiment_name)

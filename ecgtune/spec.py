@@ -31,6 +31,7 @@ import inspect
 import math
 import os
 import re
+import sys
 import tempfile
 import types
 import typing
@@ -1241,23 +1242,92 @@ def describe_space(space: Mapping[str, Distribution]) -> str:
 # ============================================================================================ stores
 
 
+DATA_ENV = "ECGTUNE_DATA"
+# Ray's job supervisor sets this in the environment of a submitted job's entrypoint (Ray 2.52-2.60,
+# dashboard/modules/job/job_supervisor.py `_get_driver_env_vars`); it removes RAY_JOB_ID from it, and
+# RAY_ADDRESS alone is also set by people who run a driver of their own against a cluster.
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+RUNTIME_ENV_HINT = (
+    "set it in the job's runtime env: `env_vars: {ECGTUNE_DATA: /mnt/ecgtune-data}` in "
+    "cluster/runtime_env.yaml (`--runtime-env cluster/runtime_env.yaml`), or "
+    '`--runtime-env-json \'{"env_vars": {"ECGTUNE_DATA": "/abs/path"}}\'`'
+)
+
+
+class DataRootError(ValueError):
+    """The data root cannot be trusted where ecgtune runs (a relative root inside a Ray job)."""
+
+
+class StoreNotFoundError(FileNotFoundError):
+    """A store a spec names is not on this machine (no finished store at its path)."""
+
+
+def running_as_ray_job() -> bool:
+    """True in the entrypoint of `ray job submit`, whose working directory is a temporary copy."""
+    return RAY_JOB_ENV in os.environ
+
+
 def data_root() -> Path:
-    return Path(os.environ.get("ECGTUNE_DATA", "data")).expanduser().resolve()
+    """$ECGTUNE_DATA, default ./data; inside a Ray job it must be absolute (the job's working
+    directory is a temporary copy: stores below it would be rebuilt, or missing, on every submission)."""
+    value = os.environ.get(DATA_ENV)
+    if running_as_ray_job() and not (value and Path(value).expanduser().is_absolute()):
+        got = f"{DATA_ENV}={value!r} is relative" if value else f"{DATA_ENV} is not set (default ./data)"
+        raise DataRootError(
+            f"running as a Ray job in a temporary copy of the submitted directory ({Path.cwd()}), and {got}: "
+            f"the stores would be looked for inside that copy. Point {DATA_ENV} at the absolute path where "
+            f"the stores live on the cluster: {RUNTIME_ENV_HINT}"
+        )
+    return Path(value or "data").expanduser().resolve()
 
 
 def resolve_store(store: StoreSpec) -> Path:
-    """The directory of a store; the embedded demo stores are built on first use (once per node)."""
+    """The directory of a store (not checked; see `require_store`). The embedded demo stores are
+    built on first use (once per node, with a progress line), except inside a Ray job, which only
+    uses demo stores already built below an absolute $ECGTUNE_DATA and fails at once otherwise."""
     if store.demo is not None:
         from ecgtune.data.demo import ensure_demo_store
+        from ecgtune.data.store import PROVENANCE_FILE
 
-        return ensure_demo_store(store.demo, data_root() / "demo")
+        root = data_root() / "demo"
+        if running_as_ray_job():
+            return _check_store(root / store.demo, f"ecgtune data demo --root {root}")
+        if not all((root / name / PROVENANCE_FILE).is_file() for name in ("deepfake", "ptbxl")):
+            print(
+                f"ecgtune: building the demo stores in {root} (first use: a few minutes on 2 cores; "
+                f"`ecgtune data demo --root {root}` builds them ahead)",
+                file=sys.stderr,
+                flush=True,
+            )
+        return ensure_demo_store(store.demo, root)
     path = Path(os.path.expandvars(store.path)).expanduser()
     return path if path.is_absolute() else data_root() / path
+
+
+def require_store(store: StoreSpec) -> Path:
+    """`resolve_store`, and the store must be there: a missing one fails at once, naming the path."""
+    path = resolve_store(store)
+    if store.demo:
+        return _check_store(path, f"ecgtune data demo --root {path.parent}")
+    return _check_store(path, f"ecgtune data ptbxl|deepfake|generate ... -o {path}")
+
+
+def _check_store(path: Path, build: str) -> Path:
+    from ecgtune.data.store import PROVENANCE_FILE
+
+    if not (path / PROVENANCE_FILE).is_file():
+        where = f" ({DATA_ENV}={os.environ[DATA_ENV]})" if DATA_ENV in os.environ else ""
+        state = "is not a finished store" if path.exists() else "does not exist"
+        raise StoreNotFoundError(
+            f"data store {path}{where} {state} (no {PROVENANCE_FILE}); build it there first: `{build}`"
+        )
+    return path
 
 
 __all__ = [
     "SPEC_VERSION",
     "ASHASpec",
+    "DataRootError",
     "DataSpec",
     "Distribution",
     "ModelSpec",
@@ -1269,6 +1339,7 @@ __all__ = [
     "SpecError",
     "StageSpec",
     "StagesSpec",
+    "StoreNotFoundError",
     "StoreSpec",
     "TransferSpec",
     "apply_params",
@@ -1281,7 +1352,9 @@ __all__ = [
     "fixed_values",
     "load_spec",
     "make_sampler",
+    "require_store",
     "resolve_store",
+    "running_as_ray_job",
     "sample_params",
     "spec_from_dict",
     "trial_params",

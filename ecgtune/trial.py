@@ -22,6 +22,7 @@ import torch
 from ray import tune
 from ray.util.metrics import Gauge
 
+from ecgtune import metrics as m
 from ecgtune.spec import Spec, apply_params, apply_variant, trial_params
 from ecgtune.stages import TwoStageRun
 from ecgtune.targets import TARGET_NAMES
@@ -97,6 +98,7 @@ def run_trial(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as d:
             run.save(d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    gauges.close()
 
 
 def _maybe_fail(epoch: int) -> None:
@@ -123,22 +125,45 @@ def _first_attempt() -> bool:
 
 
 class _DashboardGauges:
-    """Per-trial series for the Ray dashboard's Prometheus/Grafana view (Tune itself exports none)."""
+    """Per-trial series for the Ray dashboard's Prometheus/Grafana view (Tune itself exports none);
+    names, help texts and labels come from `ecgtune.metrics`. Values stay on the metrics export
+    between epochs (`metrics.KeptGauge`) until the trial ends."""
+
+    _previous: _DashboardGauges | None = None  # the trial this worker ran before (reuse_actors)
 
     def __init__(self, sweep: str, trial_id: str):
+        if _DashboardGauges._previous is not None:
+            _DashboardGauges._previous.close()  # a reused worker: that trial is over
+        _DashboardGauges._previous = self
         self.tags = {"sweep": sweep, "trial": trial_id}
-        keys = ("sweep", "trial")
-        self.objective = Gauge("ecgtune_trial_objective", "PTB-XL validation objective", keys)
-        self.epoch = Gauge("ecgtune_trial_epoch", "epochs finished (both stages)", keys)
-        self.stage = Gauge(
-            "ecgtune_trial_stage", "0 = pretraining on DeepFake, 1 = fine-tuning on PTB-XL", keys
-        )
-        self.mae = Gauge("ecgtune_trial_val_mae", "PTB-XL validation MAE (bpm or ms)", (*keys, "target"))
+        self.objective = _gauge(m.TRIAL_OBJECTIVE)
+        # The objective of fine-tuning epochs only: a "best so far" over it never counts the zero-shot
+        # read-outs of pretraining, which no fine-tuned model reached.
+        self.finetune_objective = _gauge(m.TRIAL_FINETUNE_OBJECTIVE)
+        self.epoch = _gauge(m.TRIAL_EPOCH)
+        self.stage = _gauge(m.TRIAL_STAGE)
+        self.mae = _gauge(m.TRIAL_VAL_MAE)
 
     def update(self, metrics: dict[str, Any]) -> None:
         self.objective.set(metrics["objective"], self.tags)
+        if metrics["stage"] == "finetune":
+            self.finetune_objective.set(metrics["objective"], self.tags)
         self.epoch.set(metrics["epoch"], self.tags)
-        self.stage.set(0 if metrics["stage"] == "pretrain" else 1, self.tags)
+        self.stage.set(m.STAGE_VALUES[metrics["stage"]], self.tags)
         for t in TARGET_NAMES:
             if f"ptbxl_val_mae_{t}" in metrics:
                 self.mae.set(metrics[f"ptbxl_val_mae_{t}"], {**self.tags, "target": t})
+
+    def close(self) -> None:
+        for gauge in vars(self).values():
+            if isinstance(gauge, m.KeptGauge):
+                gauge.release()
+
+
+def _gauge(series: m.Series) -> m.KeptGauge:
+    return m.KeptGauge(Gauge(series.name, series.description, series.labels), metrics_report_interval_s())
+
+
+def metrics_report_interval_s() -> float:
+    """How often this process hands its metrics to the node's agent (RAY_metrics_report_interval_ms)."""
+    return max(ray._config.metrics_report_interval_ms(), 1000) / 1000

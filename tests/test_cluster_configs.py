@@ -3,15 +3,13 @@
 Offline and without starting Ray: the launcher YAML goes through the autoscaler's own
 `prepare_config` + `validate_config` (the steps `ray up` runs before it contacts the cloud), `ray start`
 flags through Ray's own CLI parser, the runtime env through Ray's own parser and packaging excludes;
-the KubeRay manifests get structural checks; the Grafana dashboard may only query metric names and
-labels that ecgtune's source defines.
+the KubeRay manifests get structural checks. The Grafana dashboard is checked against
+`ecgtune.metrics` in test_monitoring.py.
 """
 
 from __future__ import annotations
 
-import ast
 import copy
-import json
 import re
 import shlex
 import socket
@@ -28,10 +26,6 @@ RAYCLUSTER = CLUSTER / "kuberay" / "raycluster.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob.yaml"
 RUNTIME_ENV = CLUSTER / "runtime_env.yaml"
 DASHBOARD = CLUSTER / "grafana" / "ecgtune-dashboard.json"
-# Where ecgtune creates its ray.util.metrics series (tests fail if a name or tag drifts).
-METRIC_SOURCES = (REPO / "ecgtune" / "trial.py", REPO / "ecgtune" / "search.py")
-METRIC_CLASSES = {"Gauge", "Counter", "Histogram"}
-METRIC_NAME_RE = re.compile(r"\b(?:Gauge|Counter|Histogram)\(\s*['\"]([A-Za-z_:][A-Za-z0-9_:]*)['\"]")
 DEFAULT_SWEEP = "sweeps/resnet_widths.yaml"
 
 
@@ -324,136 +318,6 @@ def test_runtime_env_package_of_this_repository_is_small():
     assert not [f for f in shipped if f.split("/")[0] in {".venv", "data", "runs", ".git"}]
     size = sum((REPO / f).stat().st_size for f in shipped)
     assert size < GCS_STORAGE_MAX_SIZE / 10, f"working_dir package would be {size / 2**20:.0f} MiB"
-
-
-# ------------------------------------------------------------------------------------------ Grafana
-
-
-def _strings(
-    node: ast.AST | None, assigned: dict[str, ast.AST], seen: frozenset[str] = frozenset()
-) -> set[str]:
-    """String constants in a tag_keys expression, following names assigned in the same scope."""
-    if node is None:
-        return set()
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return {node.value}
-    if isinstance(node, ast.Name):
-        if node.id in seen or node.id not in assigned:
-            raise AssertionError(f"cannot resolve tag keys through {node.id!r}; update this test's resolver")
-        return _strings(assigned[node.id], assigned, seen | {node.id})
-    if isinstance(node, ast.Starred):
-        return _strings(node.value, assigned, seen)
-    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-        return set().union(*(_strings(e, assigned, seen) for e in node.elts)) if node.elts else set()
-    raise AssertionError(f"unexpected tag_keys expression: {ast.dump(node)}")
-
-
-def _exported_metrics() -> dict[str, set[str]]:
-    """ray.util.metrics names ecgtune creates -> their tag keys, read from the source."""
-    metrics: dict[str, set[str]] = {}
-    for source in METRIC_SOURCES:
-        text = source.read_text()
-        names = set(METRIC_NAME_RE.findall(text))
-        tree = ast.parse(text)
-        scopes = [
-            tree,
-            *(n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))),
-        ]
-        for scope in scopes:
-            assigned = {
-                n.targets[0].id: n.value
-                for n in ast.walk(scope)
-                if isinstance(n, ast.Assign) and len(n.targets) == 1 and isinstance(n.targets[0], ast.Name)
-            }
-            for call in ast.walk(scope):
-                if not (isinstance(call, ast.Call) and call.args and isinstance(call.args[0], ast.Constant)):
-                    continue
-                callee = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", None)
-                if callee not in METRIC_CLASSES:
-                    continue
-                keys = call.args[2] if len(call.args) > 2 else None
-                keys = next((k.value for k in call.keywords if k.arg == "tag_keys"), keys)
-                metrics[call.args[0].value] = _strings(keys, assigned)
-        assert names <= set(metrics), (
-            f"{source.name}: metrics found by regex but not by AST: {names - set(metrics)}"
-        )
-    return metrics
-
-
-def _panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for p in panels:
-        out.append(p)
-        out.extend(_panels(p.get("panels", [])))  # collapsed rows
-    return out
-
-
-def _labels_in(expr: str) -> set[str]:
-    labels: set[str] = set()
-    for matcher in re.findall(r"\{([^}]*)\}", expr):
-        labels |= set(re.findall(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)", matcher))
-    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
-        labels |= {g.strip() for g in group.split(",") if g.strip()}
-    for label in re.findall(r"label_values\([^,()]*(?:\{[^}]*\})?\s*,\s*([A-Za-z_][A-Za-z0-9_]*)\s*\)", expr):
-        labels.add(label)
-    return labels
-
-
-def test_exported_metric_names_are_found_in_the_source():
-    metrics = _exported_metrics()
-    # The series the dashboard is about; if one is renamed this fails together with the dashboard test.
-    assert "ecgtune_trial_objective" in metrics and "ecgtune_sweep_trials" in metrics
-    assert {"sweep", "trial"} <= metrics["ecgtune_trial_objective"]
-
-
-def test_grafana_dashboard_queries_only_metrics_ecgtune_exports():
-    exported = _exported_metrics()
-    prom_names = {f"ray_{name}": keys for name, keys in exported.items()}  # Ray's Prometheus export prefix
-    dash = json.loads(DASHBOARD.read_text())
-
-    variables = {v["name"]: v for v in dash["templating"]["list"]}
-    assert (
-        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    )
-    assert variables["sweep"]["type"] == "query"
-
-    queries: list[tuple[str, str]] = []
-    for v in variables.values():
-        if v["type"] == "query":
-            q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
-            queries.append((f"variable {v['name']}", q))
-    panels = [p for p in _panels(dash["panels"]) if p.get("type") != "row"]
-    assert panels
-    for p in panels:
-        assert p["datasource"]["uid"] == "${datasource}", p["title"]
-        assert p.get("targets"), f"panel {p['title']!r} has no query"
-        for t in p["targets"]:
-            assert t["datasource"]["uid"] == "${datasource}", p["title"]
-            queries.append((f"panel {p['title']!r}", t["expr"]))
-
-    used: set[str] = set()
-    for where, expr in queries:
-        names = set(re.findall(r"\bray_[A-Za-z0-9_:]+", expr))
-        assert names, f"{where}: no ray_ metric in {expr!r}"
-        unknown = names - set(prom_names)
-        assert not unknown, (
-            f"{where}: {sorted(unknown)} not defined in ecgtune (defined: {sorted(prom_names)})"
-        )
-        allowed = set().union(*(prom_names[n] for n in names))
-        stray = _labels_in(expr) - allowed
-        assert not stray, f"{where}: labels {sorted(stray)} are not tags of {sorted(names)}"
-        used |= names
-    assert used == set(prom_names), f"series without a panel: {sorted(set(prom_names) - used)}"
-
-    # The five views the dashboard promises.
-    series_by_panel = {n for _, e in queries for n in re.findall(r"\bray_[A-Za-z0-9_:]+", e)}
-    assert {
-        "ray_ecgtune_trial_objective",
-        "ray_ecgtune_trial_val_mae",
-        "ray_ecgtune_trial_epoch",
-        "ray_ecgtune_trial_stage",
-        "ray_ecgtune_sweep_trials",
-    } <= series_by_panel
 
 
 # ---------------------------------------------------------------------------------- dashboard exposure
