@@ -74,12 +74,12 @@ class SweepLog:
         from ecgtune.targets import TARGETS
 
         self.targets = list(targets)
-        self.stream = stream if stream is not None else sys.stdout
+        self._stream = stream  # None: sys.stdout when printing (Tune pickles its callbacks; a stream won't)
         self.heads = [f"{TARGETS[t].title} {TARGETS[t].unit}" for t in self.targets]
         self._printed_header = False
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        print(text, file=self._stream if self._stream is not None else sys.stdout, flush=True)
 
     def header(self) -> None:
         cells = " ".join(f"{h:>9}" for h in self.heads)

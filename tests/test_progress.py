@@ -40,3 +40,12 @@ def test_sweep_log_is_one_aligned_line_per_epoch_and_per_ended_trial():
     assert row.split()[1:] == cells
     assert header.index("objective") + len("objective") == row.index("0.812") + len("0.812")  # aligned
     assert end.split()[1:] == ["trial_ab12", "stopped", "after", "3", "epochs,", "objective", "0.812"]
+
+
+def test_sweep_log_pickles_as_tune_pickles_its_callbacks():
+    import pickle
+
+    from ecgtune.progress import SweepLog
+
+    log = pickle.loads(pickle.dumps(SweepLog(["hr"])))
+    log.ended("t1", "finished", 3, 0.5)  # prints to the process's stdout
