@@ -183,8 +183,12 @@ def test_sweep_gauges_survive_tunes_pickling_and_count_states(recorded):
     sweep.on_trial_start(0, [], None)
     restored = pickle.loads(pickle.dumps(sweep))  # Tune stores its callbacks in the experiment state
     assert restored.gauge is None and restored.counts["running"] == 1
-    restored.on_trial_error(0, [], None)
-    values = {tags["state"]: v for v, tags in recorded[-1].values[-4:]}
-    assert values["running"] == 0 and values["error"] == 1
+    from types import SimpleNamespace
+
+    from ecgtune.trial_status import STATUSES
+
+    restored.on_trial_error(0, [], SimpleNamespace(last_result={}))
+    values = {tags["state"]: v for v, tags in recorded[-1].values[-len(STATUSES) :]}
+    assert values["running"] == 0 and values["error"] == 1 and values["diverged"] == 0
     sweep.on_experiment_end([])
     restored.on_experiment_end([])
