@@ -250,8 +250,8 @@ def test_every_grafana_panel_returns_its_series_from_a_real_prometheus(head, pro
 
     # Trials by state: the final counts, read after the sweep (the driver's series has ended by then).
     final = {state: v[-1] for state, v in panel("Trials by state (latest").items()}
-    assert final == {"running": 0, **states}, (final, states)
-    assert set(panel("Trials by state over time")) == {"running", "finished", "stopped", "error"}
+    assert {s: final.get(s) for s in ("running", *states)} == {"running": 0, **states}, (final, states)
+    assert set(panel("Trials by state over time")) >= {"running", "finished", "stopped", "error"}
     # Lines, not dots: a series stays on the export between the moments it is set (trial events for the
     # driver, epochs for a trial), so the time-series panels have no gaps while it lives.
     for where in ("Trials by state over time", "Objective per trial", "Stage per trial"):
