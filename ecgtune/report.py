@@ -407,7 +407,7 @@ def _planned_epochs(spec: Spec | None, config: Mapping[str, Any]) -> int:
             spec = apply_variant(spec, config["variant"])
         except ValueError:
             return 0
-    pretrain = spec.stages.pretrain.epochs if spec.data.pretrain is not None else 0
+    pretrain = spec.pretrain_epochs
     return pretrain + spec.stages.finetune.epochs
 
 
@@ -976,7 +976,7 @@ def _unique(items: Any) -> list[Any]:
 def _stage_split(spec: Spec) -> str:
     if spec.variants:
         return " (fixed experiments: each variant sets its own stages)"
-    pretrain = spec.stages.pretrain.epochs if spec.data.pretrain is not None else 0
+    pretrain = spec.pretrain_epochs
     return f" (pretrain on DeepFake {pretrain} + fine-tune on PTB-XL {spec.stages.finetune.epochs})"
 
 

@@ -14,6 +14,7 @@ import re
 import socket
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,12 +199,6 @@ def trial_name(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def total_epochs(spec: Spec) -> int:
-    return (
-        spec.stages.pretrain.epochs if spec.data.pretrain is not None else 0
-    ) + spec.stages.finetune.epochs
-
-
 def resolve_data(spec: Spec) -> Spec:
     """Absolute store paths (building the demo stores here, once, outside a Ray job) so every trial reads
     the same files; a store that is not there fails the sweep before Ray starts, naming its path."""
@@ -236,7 +231,7 @@ class ProgressLines(tune.Callback):
 
     def __init__(self, spec: Spec):
         self.log = SweepLog(spec.targets)
-        self.max_epochs = total_epochs(spec)
+        self.max_epochs = spec.total_epochs
         space = spec.search.space if spec.search else {}
         self.shown = ["variant", *(k for k, d in space.items() if d.type != "same_as")]  # not the copies
 
@@ -263,9 +258,17 @@ def asha_clock(asha: ASHASpec | None) -> str:
     return "finetune_epoch" if asha is not None and asha.clock == "finetune" else TRAINING_ITERATION
 
 
-def build_tuner(spec: Spec, storage: str, experiment_name: str) -> Sweep:
+def build_tuner(
+    spec: Spec,
+    storage: str,
+    experiment_name: str,
+    trainable: Callable[[dict[str, Any]], None] = run_trial,
+    stop: tune.Stopper | None = None,
+) -> Sweep:
+    """The Tuner of a sweep. `trainable` and `stop` are for benchmarks: a replay of recorded learning
+    curves in place of training (bench/replay.py), and a stop at a budget of trial-epochs."""
     search = spec.search
-    trainable = tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
     param_space: dict[str, Any] = {"spec": spec.model_dump(mode="json")}
     searcher = scheduler = None
     num_samples = 1
@@ -316,6 +319,7 @@ def build_tuner(spec: Spec, storage: str, experiment_name: str) -> Sweep:
         run_config=tune.RunConfig(
             name=experiment_name,
             storage_path=storage,
+            stop=stop,
             failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.run.checkpoints_kept),
             callbacks=[gauges, ProgressLines(spec)],
@@ -430,7 +434,7 @@ def summarize(
     results: tune.ResultGrid, spec: Spec, searcher: PruneAwareOptunaSearch | None, wall_seconds: float
 ):
     """Per-trial outcome and the best full-fidelity trial, as plain JSON-able data."""
-    max_t = total_epochs(spec)
+    max_t = spec.total_epochs
     trials = []
     for r in results:
         last = r.metrics or {}

@@ -281,6 +281,17 @@ class Spec(Strict):
     # Written by `ecgtune export`: where a config came from. Free-form, never read back into a run.
     origin: dict[str, Any] | None = None
 
+    @property
+    def pretrain_epochs(self) -> int:
+        """Epochs a run of this spec pretrains: none without a pretraining store. The one rule for a
+        run's planned length; trials, reports, the searcher and final training all ask here."""
+        return self.stages.pretrain.epochs if self.data.pretrain is not None else 0
+
+    @property
+    def total_epochs(self) -> int:
+        """Epochs a run of this spec trains, both stages."""
+        return self.pretrain_epochs + self.stages.finetune.epochs
+
 
 # ================================================================================ loading and errors
 
@@ -768,11 +779,6 @@ def _version_problems(spec: Spec) -> list[str]:
     return []
 
 
-def _total_epochs(spec: Spec) -> int:
-    pretrain = spec.stages.pretrain.epochs if spec.data.pretrain is not None else 0
-    return pretrain + spec.stages.finetune.epochs
-
-
 def _run_problems(spec: Spec) -> list[str]:
     """What makes one training run impossible: targets, model, stages, resources."""
     problems = []
@@ -789,7 +795,7 @@ def _run_problems(spec: Spec) -> list[str]:
                 f"stages.{stage}.freeze_backbone_epochs: {s.freeze_backbone_epochs} is more than "
                 f"the stage's {s.epochs} epochs"
             )
-    if _total_epochs(spec) == 0:
+    if spec.total_epochs == 0:
         problems.append(
             "stages: nothing to train: finetune.epochs is 0 and there is no pretraining "
             "(data.pretrain null or stages.pretrain.epochs 0)"
@@ -802,7 +808,7 @@ def _run_problems(spec: Spec) -> list[str]:
 
 def asha_max_t(spec: Spec, asha: ASHASpec) -> int:
     """The length of ASHA's clock: fine-tuning epochs, or every epoch of both stages."""
-    return spec.stages.finetune.epochs if asha.clock == "finetune" else _total_epochs(spec)
+    return spec.stages.finetune.epochs if asha.clock == "finetune" else spec.total_epochs
 
 
 def _search_problems(spec: Spec, search: SearchSpec, deep: bool) -> list[str]:
@@ -811,7 +817,7 @@ def _search_problems(spec: Spec, search: SearchSpec, deep: bool) -> list[str]:
     space = search.space
     base = _trial_base(spec)
     problems = []
-    pretraining = _total_epochs(spec) > spec.stages.finetune.epochs
+    pretraining = spec.total_epochs > spec.stages.finetune.epochs
     for key in space:
         if key.startswith("model.") and spec.model.name not in model_names():
             continue  # reported once, as model.name
@@ -835,9 +841,9 @@ def _search_problems(spec: Spec, search: SearchSpec, deep: bool) -> list[str]:
         problems += _relation_problems(space, base)
     if search.asha is not None and search.asha.grace_period > asha_max_t(spec, search.asha):
         if search.asha.clock == "all":
-            pre = _total_epochs(spec) - spec.stages.finetune.epochs
+            pre = spec.total_epochs - spec.stages.finetune.epochs
             counted = (
-                f"the {_total_epochs(spec)} epochs a trial trains (pretrain {pre} + finetune "
+                f"the {spec.total_epochs} epochs a trial trains (pretrain {pre} + finetune "
                 f"{spec.stages.finetune.epochs})"
             )
         else:

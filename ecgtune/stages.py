@@ -47,10 +47,9 @@ class TwoStageRun:
         self.spec = spec
         self.device = pick_device(device)
         self.targets = check_targets(spec.targets)
-        stages = spec.stages
-        self.pretrain_epochs = stages.pretrain.epochs if spec.data.pretrain is not None else 0
-        self.finetune_epochs = stages.finetune.epochs
-        self.total_epochs = self.pretrain_epochs + self.finetune_epochs
+        self.pretrain_epochs = spec.pretrain_epochs
+        self.finetune_epochs = spec.stages.finetune.epochs
+        self.total_epochs = spec.total_epochs
         if self.total_epochs == 0:
             raise ValueError("stages.pretrain.epochs + stages.finetune.epochs is 0: nothing to train")
 
