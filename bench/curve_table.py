@@ -92,12 +92,7 @@ def _train_one(args: tuple[dict[str, Any], str]) -> dict[str, Any]:
     started = time.perf_counter()
     run = TwoStageRun(spec, device="cpu")
     setup_seconds = time.perf_counter() - started
-    n_params = sum(
-        p.numel()
-        for p in build_model(
-            {"name": spec.model.name, **spec.model.params, "num_outputs": len(spec.targets)}
-        ).parameters()
-    )
+    n_params = sum(p.numel() for p in build_model(spec.network_config()).parameters())
     epochs = []
     while not run.done:
         metrics = run.step()

@@ -292,6 +292,11 @@ class Spec(Strict):
         """Epochs a run of this spec trains, both stages."""
         return self.pretrain_epochs + self.stages.finetune.epochs
 
+    def network_config(self) -> dict[str, Any]:
+        """The model registry's config of this spec's network (`ecgtune.models.build_model`): the one
+        place a spec becomes a model, for trials, final training, checkpoints' metadata and benchmarks."""
+        return {"name": self.model.name, **self.model.params, "num_outputs": len(self.targets)}
+
 
 # ================================================================================ loading and errors
 

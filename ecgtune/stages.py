@@ -64,9 +64,7 @@ class TwoStageRun:
             self.deepfake_val = Batches(self.pretrain_store.split("val", self.targets), self.device)
 
         torch.manual_seed(spec.seed)
-        self.model = build_model(
-            {"name": spec.model.name, **spec.model.params, "num_outputs": len(self.targets)}
-        )
+        self.model = build_model(spec.network_config())
         self.stage = "pretrain" if self.pretrain_epochs else "finetune"
         self.trainer = self._make_trainer()
         # Set by the epoch whose training loss or PTB-XL objective is not finite; that epoch's metrics say
@@ -93,9 +91,7 @@ class TwoStageRun:
     def _start_finetuning(self) -> None:
         """Switch stages: same backbone, a new head (unless transfer.keep_head), PTB-XL statistics."""
         pretrained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.model = build_model(
-            {"name": self.spec.model.name, **self.spec.model.params, "num_outputs": len(self.targets)}
-        )
+        self.model = build_model(self.spec.network_config())
         load_backbone(self.model, pretrained, keep_head=self.spec.stages.transfer.keep_head)
         self.stage = "finetune"
         self.trainer = self._make_trainer()
@@ -150,11 +146,7 @@ class TwoStageRun:
 
     def metadata(self) -> dict[str, Any]:
         return {
-            "model": {
-                "name": self.spec.model.name,
-                **self.spec.model.params,
-                "num_outputs": len(self.targets),
-            },
+            "model": self.spec.network_config(),
             "targets": list(self.targets),
             "standardizer": self.trainer.standardizer.to_dict(),
             "stage": self.stage,
