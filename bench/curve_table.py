@@ -135,7 +135,7 @@ def build(work: Path, workers: int, seed: int) -> None:
     todo = [c for c in configs if config_key(c) not in done]
     print(f"{len(configs)} configurations, {len(done)} done, {len(todo)} to train on {workers} processes")
     spec_json = _resolved_spec_json(spec)
-    progress = Progress(len(todo), "configurations")
+    progress = Progress(len(todo), "curve table", unit="configuration")
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers, maxtasksperchild=8) as pool, rows_file.open("a") as out:
         for row in pool.imap_unordered(_train_one, [(c, spec_json) for c in todo]):
