@@ -17,17 +17,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from ecgtune.models import model_names
-from ecgtune.spec.errors import SpecError, SpecProblem, _format_validation_error
+from ecgtune.spec.errors import SpecError, SpecProblem, format_validation_error
 from ecgtune.spec.schema import NAME_PATTERN, SPEC_VERSION, SearchSpec, Spec, asha_max_t
 from ecgtune.spec.space import (
-    _apply,
-    _parse_key,
-    _relation_problems,
-    _run_problems,
-    _value_problems,
     base_value,
     dependency_order,
+    parse_key,
+    relation_problems,
+    run_problems,
+    set_key,
     trial_base,
+    value_problems,
 )
 
 
@@ -46,7 +46,7 @@ def spec_from_dict(data: Any, source: str = "<dict>") -> Spec:
     try:
         spec = Spec.model_validate(dict(data))
     except ValidationError as exc:
-        raise SpecError(source, _format_validation_error(exc)) from None
+        raise SpecError(source, format_validation_error(exc)) from None
     check_spec(spec, source=source)
     return spec
 
@@ -71,7 +71,7 @@ def check_spec(spec: Spec, source: str = "<spec>") -> None:
 
     load_spec and spec_from_dict call it; code that builds a Spec by hand should too.
     """
-    problems = _version_problems(spec) + _run_problems(spec)
+    problems = _version_problems(spec) + run_problems(spec)
     if spec.search is not None:
         problems += _search_problems(spec, spec.search, deep=not problems)
     if spec.variants is not None:
@@ -92,12 +92,11 @@ def _search_problems(spec: Spec, search: SearchSpec, deep: bool) -> list[str]:
     space = search.space
     base = trial_base(spec)
     problems = []
-    pretraining = spec.total_epochs > spec.stages.finetune.epochs
     for key in space:
         if key.startswith("model.") and spec.model.name not in model_names():
             continue  # reported once, as model.name
         try:
-            section, field, _ = _parse_key(key, spec.model.name)
+            section, field, _ = parse_key(key, spec.model.name)
             base_value(base, key)
         except SpecProblem as p:
             problems.append(f"search.space.{key}: {p}")
@@ -107,18 +106,17 @@ def _search_problems(spec: Spec, search: SearchSpec, deep: bool) -> list[str]:
                 f"search.space.{key}: epochs set the clock ASHA stops trials on and cannot be searched; "
                 "fix them (compare lengths with variants)"
             )
-        elif section in ("pretrain", "transfer") and not pretraining:
+        elif section in ("pretrain", "transfer") and not spec.pretrain_epochs:
             problems.append(
                 f"search.space.{key}: this spec never pretrains (data.pretrain null or "
                 "stages.pretrain.epochs 0), so the value would have no effect"
             )
     if not problems:
-        problems += _relation_problems(space, base)
+        problems += relation_problems(space, base)
     if search.asha is not None and search.asha.grace_period > asha_max_t(spec, search.asha):
         if search.asha.clock == "all":
-            pre = spec.total_epochs - spec.stages.finetune.epochs
             counted = (
-                f"the {spec.total_epochs} epochs a trial trains (pretrain {pre} + finetune "
+                f"the {spec.total_epochs} epochs a trial trains (pretrain {spec.pretrain_epochs} + finetune "
                 f"{spec.stages.finetune.epochs})"
             )
         else:
@@ -134,7 +132,7 @@ def _search_problems(spec: Spec, search: SearchSpec, deep: bool) -> list[str]:
                 "search.asha: must be null when variants are given (fixed experiments run to the end)"
             )
     if deep and not problems:
-        problems += _value_problems(space, base)
+        problems += value_problems(space, base)
     return problems
 
 
@@ -172,11 +170,11 @@ def apply_params(spec: Spec, params: Mapping[str, Any]) -> Spec:
     result is checked like a loaded spec.
     """
     d = trial_base(spec)
-    params = {k: _plain(v) for k, v in params.items()}
+    params = {k: _python_scalar(v) for k, v in params.items()}
     problems = []
     for key, value in params.items():
         try:
-            _apply(d, key, value)
+            set_key(d, key, value)
         except SpecProblem as p:
             problems.append(f"{key}: {p}")
     source = f"{spec.name} with params {params}"
@@ -186,11 +184,11 @@ def apply_params(spec: Spec, params: Mapping[str, Any]) -> Spec:
     for key in dependency_order(space):
         dist = space[key]
         if dist.type == "same_as" and key not in params:
-            _apply(d, key, base_value(d, dist.same_as))  # d already holds the target's new value
+            set_key(d, key, base_value(d, dist.same_as))  # d already holds the target's new value
     return spec_from_dict(d, source=source)
 
 
-def _plain(value: Any) -> Any:
+def _python_scalar(value: Any) -> Any:
     """numpy scalars (which a searcher may hand over) -> Python scalars."""
     return value.item() if hasattr(value, "item") and not isinstance(value, (list, tuple, dict)) else value
 
@@ -230,7 +228,7 @@ def _set_path(d: dict[str, Any], path: str, value: Any) -> None:
             f"a variant cannot set {parts[0]!r}; variant keys start with: {', '.join(VARIANT_ROOTS)}"
         )
     if parts[:2] == ["model", "params"] and len(parts) in (3, 4):
-        _apply(d, ".".join(["model", *parts[2:]]), value)  # list knobs need their defaults
+        set_key(d, ".".join(["model", *parts[2:]]), value)  # list knobs need their defaults
         return
     node: Any = d
     for i, part in enumerate(parts[:-1]):

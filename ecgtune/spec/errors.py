@@ -32,7 +32,7 @@ class SpecProblem(Exception):
     """One problem found while reading a key path or value; the caller adds where it is."""
 
 
-def _format_validation_error(exc: ValidationError) -> list[str]:
+def format_validation_error(exc: ValidationError) -> list[str]:
     lines: list[str] = []
     for err in exc.errors(include_url=False):
         loc, union = _trim_loc(err["loc"])
@@ -40,7 +40,7 @@ def _format_validation_error(exc: ValidationError) -> list[str]:
         if err["type"] == "extra_forbidden":
             parent, key = loc[:-1], str(loc[-1])
             where = f"in {'.'.join(str(p) for p in parent)}" if parent else "at top level"
-            line = f"unknown key {key!r} {where}{_allowed_hint(key, _keys_at(parent))}"
+            line = f"unknown key {key!r} {where}{allowed_hint(key, _keys_at(parent))}"
         elif union is not None:
             line = f"{path}: expected {_type_name(union)}{_got(err['input'])}"
         elif err["type"] == "missing":
@@ -109,7 +109,7 @@ def _keys_at(loc: tuple[Any, ...]) -> list[str]:
     return list(tp.model_fields) if _is_model(tp) else []
 
 
-def _allowed_hint(name: str, allowed: list[str]) -> str:
+def allowed_hint(name: str, allowed: list[str]) -> str:
     if not allowed:
         return ""
     close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
@@ -129,7 +129,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", repr(tp))
 
 
-def _strict_problem(tp: Any, value: Any) -> tuple[str, str] | None:
+def strict_problem(tp: Any, value: Any) -> tuple[str, str] | None:
     """(where inside the value, why) `value` is not of type `tp` in pydantic's strict mode, or None.
 
     Strict: a float is no int (a float range over an int knob would fail mid-sweep), a string is no

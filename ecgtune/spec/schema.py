@@ -163,11 +163,11 @@ def _check_choices(d: Distribution) -> None:
         if any(type(c) is type(s) and c == s for s in seen):
             raise ValueError(f"choice {c!r} appears twice")
         seen.append(c)
-    if d.divides and not all(_is_int(c) and c > 0 for c in d.choices):
+    if d.divides and not all(is_int(c) and c > 0 for c in d.choices):
         raise ValueError(f"divides needs positive integer choices (got {d.choices})")
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 

@@ -23,8 +23,8 @@ import torch
 from pydantic import ValidationError
 
 from ecgtune.models import MODEL_FAMILIES, PRESETS, create_model, model_names
-from ecgtune.spec.errors import SpecProblem, _allowed_hint, _format_validation_error, _strict_problem
-from ecgtune.spec.schema import Distribution, Spec, StageSpec, TransferSpec, _is_int
+from ecgtune.spec.errors import SpecProblem, allowed_hint, format_validation_error, strict_problem
+from ecgtune.spec.schema import Distribution, Spec, StageSpec, TransferSpec, is_int
 from ecgtune.targets import check_targets
 
 # ---------------------------------------------------------------------------------------- key paths
@@ -77,10 +77,10 @@ def _check_knob(model_name: str, knob: str) -> None:
     allowed = list(_knob_hints(family))
     if knob not in allowed:
         what = family if model_name == family else f"{model_name} (a {family})"
-        raise SpecProblem(f"unknown knob for {what}{_allowed_hint(knob, allowed)}")
+        raise SpecProblem(f"unknown knob for {what}{allowed_hint(knob, allowed)}")
 
 
-def _parse_key(key: str, model_name: str) -> tuple[str, str, int | None]:
+def parse_key(key: str, model_name: str) -> tuple[str, str, int | None]:
     """A search-space key -> (section, field, list index). Section: model, pretrain, finetune, transfer."""
     parts = key.split(".")
     head = parts[0]
@@ -94,7 +94,7 @@ def _parse_key(key: str, model_name: str) -> tuple[str, str, int | None]:
     if head in STAGE_PREFIXES and len(parts) == 2:
         if parts[1] not in StageSpec.model_fields:
             raise SpecProblem(
-                f"unknown stage field {parts[1]!r}{_allowed_hint(parts[1], list(StageSpec.model_fields))}"
+                f"unknown stage field {parts[1]!r}{allowed_hint(parts[1], list(StageSpec.model_fields))}"
             )
         return head, parts[1], None
     if head == "transfer" and len(parts) == 2:
@@ -110,7 +110,7 @@ def _parse_key(key: str, model_name: str) -> tuple[str, str, int | None]:
 
 def base_value(d: Mapping[str, Any], key: str) -> Any:
     """The value `key` has in the dumped spec `d` when nothing overrides it."""
-    section, field, index = _parse_key(key, d["model"]["name"])
+    section, field, index = parse_key(key, d["model"]["name"])
     if section == "model":
         params = d["model"]["params"]
         value = params[field] if field in params else _knob_defaults(d["model"]["name"])[field]
@@ -124,9 +124,9 @@ def base_value(d: Mapping[str, Any], key: str) -> Any:
     return d["stages"][section][field]
 
 
-def _apply(d: dict[str, Any], key: str, value: Any) -> None:
+def set_key(d: dict[str, Any], key: str, value: Any) -> None:
     """Set search-space key `key` to `value` in the dumped spec `d` (in place)."""
-    section, field, index = _parse_key(key, d["model"]["name"])
+    section, field, index = parse_key(key, d["model"]["name"])
     if section == "model":
         params = d["model"]["params"]
         if index is not None:
@@ -137,12 +137,12 @@ def _apply(d: dict[str, Any], key: str, value: Any) -> None:
         params[field] = value
         return
     model = StageSpec if section in STAGE_PREFIXES else TransferSpec
-    if problem := _strict_problem(model.model_fields[field].annotation, value):
+    if problem := strict_problem(model.model_fields[field].annotation, value):
         raise SpecProblem(problem[1])
     d["stages"][section][field] = value
 
 
-# ------------------------------------------------------------------------------------- model checks
+# ----------------------------------------------------------------------------- model and run checks
 
 
 def _model_problems(name: str, params: Mapping[str, Any], num_outputs: int) -> list[str]:
@@ -159,7 +159,7 @@ def _model_problems(name: str, params: Mapping[str, Any], num_outputs: int) -> l
         except SpecProblem as p:
             problems.append(f"model.params.{knob}: {p}")
             continue
-        if value is not None and (problem := _strict_problem(hints[knob], value)):
+        if value is not None and (problem := strict_problem(hints[knob], value)):
             at, why = problem
             problems.append(f"model.params.{knob}{'.' + at if at else ''}: {why}")
     if problems:
@@ -201,7 +201,7 @@ def _build_error(name: str, params: Mapping[str, Any], num_outputs: int) -> str 
     return _BUILD_ERRORS[key]
 
 
-def _run_problems(spec: Spec) -> list[str]:
+def run_problems(spec: Spec) -> list[str]:
     """What makes one training run impossible: targets, model, stages, resources."""
     problems = []
     try:
@@ -272,7 +272,7 @@ def _possible_values(space: Mapping[str, Distribution], key: str, limit: int = 4
     return list(values)
 
 
-def _relation_problems(space: Mapping[str, Distribution], base: Mapping[str, Any]) -> list[str]:
+def relation_problems(space: Mapping[str, Distribution], base: Mapping[str, Any]) -> list[str]:
     problems = []
     for key, dist in space.items():
         for ref in references(dist):
@@ -302,7 +302,7 @@ def _relation_problems(space: Mapping[str, Distribution], base: Mapping[str, Any
         except SpecProblem as p:
             problems.append(f"search.space.{key}: divides {parent}, which {p}")
             continue
-        if values is None or not all(_is_int(v) for v in values):
+        if values is None or not all(is_int(v) for v in values):
             problems.append(f"search.space.{key}: divides {parent}, which takes non-integer values")
             continue
         empty = [v for v in values if not any(v % c == 0 for c in dist.choices or [])]
@@ -358,18 +358,18 @@ def _config_problem(base: Mapping[str, Any], values: Mapping[str, Any]) -> str |
     d = copy.deepcopy(dict(base))
     try:
         for key, value in values.items():
-            _apply(d, key, value)
+            set_key(d, key, value)
     except SpecProblem as p:
         return str(p)
     try:
         spec = Spec.model_validate(d)
     except ValidationError as exc:
-        return _format_validation_error(exc)[0]
-    problems = _run_problems(spec)
+        return format_validation_error(exc)[0]
+    problems = run_problems(spec)
     return problems[0].split(": ", 1)[1] if problems else None
 
 
-def _value_problems(space: Mapping[str, Distribution], base: Mapping[str, Any]) -> list[str]:
+def value_problems(space: Mapping[str, Distribution], base: Mapping[str, Any]) -> list[str]:
     if problem := _config_problem(base, _resolve(space, base, {})):
         return [
             "search.space: the fixed parameters with same_as/divides applied give an impossible config: "
