@@ -4,6 +4,8 @@ picklable. Plain Optuna studies, no Ray."""
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +85,15 @@ def test_sampler_pickles_and_trial_params_picks_canonical_keys() -> None:
     params = sampler(trial)
     config = {**trial.params, **params}
     assert trial_params(spec.search.space, config) == params
+
+
+def test_a_searcher_saved_before_the_sampler_moved_still_restores() -> None:
+    """Tune pickles the searcher with `make_sampler`'s partial: older experiments name the function
+    `ecgtune.spec.sample_params`, which must still resolve (to the one in ecgtune.sampler)."""
+    assert pickle.loads(b"cecgtune.spec\nsample_params\n.") is sample_params
+
+
+def test_the_spec_imports_neither_optuna_nor_ray() -> None:
+    code = "import sys, ecgtune.spec; sys.exit(sorted({'optuna', 'ray'} & set(sys.modules)) or 0)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

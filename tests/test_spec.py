@@ -3,6 +3,7 @@ a message naming the file and the key path. Models are only ever built on the me
 
 from __future__ import annotations
 
+import ast
 import copy
 from collections.abc import Callable
 from pathlib import Path
@@ -512,3 +513,17 @@ def test_stage_settings_are_train_config_s_fields_and_bounds() -> None:
             TrainConfig(**{field: bad})
         with pytest.raises(ValueError, match=field):
             StageSpec(epochs=1, **{field: bad})
+
+
+def test_spec_modules_import_only_the_ones_before_them() -> None:
+    """schema < errors < space < configs < load: no module of the spec imports one after it."""
+    order = ["schema", "errors", "space", "configs", "load"]
+    package = Path(__file__).resolve().parents[1] / "ecgtune" / "spec"
+    for i, name in enumerate(order):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        imported = {
+            node.module.rsplit(".", 1)[1]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ecgtune.spec.")
+        }
+        assert imported <= set(order[:i]), (name, imported)
