@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ecgtune.spec import data_root
+from ecgtune.data.locate import demo_root
 
 EXAMPLE_RECORD = Path(__file__).resolve().parent / "examples" / "ptb-s0010" / "s0010_re"
 
@@ -14,9 +14,7 @@ EXAMPLE_RECORD = Path(__file__).resolve().parent / "examples" / "ptb-s0010" / "s
 def _data_demo(args: argparse.Namespace) -> None:
     from ecgtune.data.demo import build_demo
 
-    for store, reused in build_demo(
-        Path(args.root) if args.root else data_root() / "demo", rebuild=args.rebuild
-    ):
+    for store, reused in build_demo(Path(args.root) if args.root else demo_root(), rebuild=args.rebuild):
         print(("reused " if reused else "built ") + store.summary())
 
 
@@ -94,8 +92,12 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def _sweep(args: argparse.Namespace) -> None:
+    from ecgtune.data.demo import ensure_demo_data
     from ecgtune.search import format_summary, run_sweep
+    from ecgtune.spec import load_spec
 
+    spec = load_spec(args.spec)
+    ensure_demo_data([spec.data.pretrain, spec.data.finetune])  # visibly, before the sweep resolves them
     result = run_sweep(args.spec, resume=args.resume, storage_path=args.storage_path, address=args.address)
     print(format_summary(result.summary))
     print(f"results: {result.experiment_path}")
@@ -118,10 +120,13 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from ecgtune.data.demo import ensure_demo_data
     from ecgtune.final import train_final
     from ecgtune.spec import load_spec
 
-    result = train_final(load_spec(args.config), args.out, patience=args.patience, force=args.force)
+    spec = load_spec(args.config)
+    ensure_demo_data([spec.data.pretrain, spec.data.finetune])
+    result = train_final(spec, args.out, patience=args.patience, force=args.force)
     print((Path(args.out) / "test_report.md").read_text())
     print(f"best fine-tuning epoch {result.best_epoch}; model and test results in {result.out_dir}")
 
@@ -141,7 +146,7 @@ def _demo(args: argparse.Namespace) -> None:
     from ecgtune.search import format_summary, run_sweep
     from ecgtune.spec import load_spec
 
-    for store, reused in build_demo(data_root() / "demo"):
+    for store, reused in build_demo(demo_root()):
         print(("reused " if reused else "built ") + store.summary())
     repo = Path(__file__).resolve().parent.parent
     result = run_sweep(repo / "sweeps" / "smoke.yaml")

@@ -23,9 +23,10 @@ from scipy import stats
 
 from ecgtune import __version__
 from ecgtune.baselines import label_noise_floor, mean_predictor
-from ecgtune.data.store import ECGStore
+from ecgtune.data.locate import require_store
+from ecgtune.data.store import ECGStore, content_key
 from ecgtune.paths import MARKER_FILE, OutputPathError, check_apart_from_inputs, claim_output_dir
-from ecgtune.spec import Spec, content_key_of_spec, resolve_store
+from ecgtune.spec import Spec
 from ecgtune.stages import TwoStageRun
 from ecgtune.targets import MICROVOLTS_PER_MILLIVOLT, TARGETS
 from ecgtune.train import errors_in_units
@@ -52,12 +53,20 @@ class FinalResult:
     best_epoch: int
 
 
+def _config_key(spec: Spec) -> str:
+    """What a trained model depends on besides its data: model, targets, stages, seed. The ledger's
+    key of a config: names, resources, storage, search and provenance do not change the trained model,
+    and the data is keyed separately by the store's own content key."""
+    d = spec.model_dump(mode="json")
+    return content_key({k: d[k] for k in ("model", "targets", "stages", "seed")})
+
+
 def _ledger(store: ECGStore) -> Path:
     return store.path / LEDGER_FILE
 
 
 def previous_evaluations(spec: Spec, store: ECGStore) -> list[dict[str, Any]]:
-    ledger, key = _ledger(store), content_key_of_spec(spec)
+    ledger, key = _ledger(store), _config_key(spec)
     if not ledger.is_file():
         return []
     entries = [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]
@@ -69,7 +78,7 @@ def train_final(
 ):
     """Train `spec` (pretraining, then fine-tuning with early stopping on validation), then test once."""
     out_dir = Path(out_dir)
-    store = ECGStore(resolve_store(spec.data.finetune))
+    store = ECGStore(require_store(spec.data.finetune))
     claim_final_dir(out_dir, store)
     earlier = previous_evaluations(spec, store)
     if earlier and not force:
@@ -239,7 +248,7 @@ def evaluate_on_test_fold(spec: Spec, model_dir: Path, store: ECGStore, out_dir:
             else f"Forced re-evaluation: this config was evaluated on this test fold {len(evaluated_before)} "
             "time(s) before; these numbers are no longer an unbiased test estimate."
         ),
-        "config_key": content_key_of_spec(spec),
+        "config_key": _config_key(spec),
         "store": str(store.path),
         "store_key": store.key,
         "split": "test",

@@ -30,9 +30,11 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.metrics import Gauge
 
+from ecgtune.data.locate import require_store
 from ecgtune.metrics import SWEEP_TRIALS, KeptGauge
 from ecgtune.progress import SweepLog
-from ecgtune.spec import ASHASpec, Spec, StoreSpec, asha_max_t, load_spec, make_sampler, require_store
+from ecgtune.sampler import make_sampler
+from ecgtune.spec import ASHASpec, Spec, StoreSpec, asha_max_t, load_spec
 from ecgtune.targets import TARGETS, check_targets
 from ecgtune.trial import metrics_report_interval_s, run_trial
 from ecgtune.trial_status import OBJECTIVE, STATUSES, finite_objective, is_diverged, trial_status
@@ -200,8 +202,9 @@ def trial_name(trial: Any) -> str:
 
 
 def resolve_data(spec: Spec) -> Spec:
-    """Absolute store paths (building the demo stores here, once, outside a Ray job) so every trial reads
-    the same files; a store that is not there fails the sweep before Ray starts, naming its path."""
+    """Absolute store paths, so every trial reads the same files; a store that is not there fails the
+    sweep before Ray starts, naming its path. Builds nothing: `ecgtune sweep` builds the demo stores
+    before this (`ecgtune.data.demo.ensure_demo_data`)."""
     data = spec.data.model_copy(
         update={
             "finetune": StoreSpec(path=str(require_store(spec.data.finetune))),

@@ -31,9 +31,10 @@ from typing import Any
 import torch
 
 from ecgtune import __version__
+from ecgtune.data.locate import require_store
 from ecgtune.data.store import ECGStore
 from ecgtune.models import build_model
-from ecgtune.spec import Spec, resolve_store
+from ecgtune.spec import Spec
 from ecgtune.targets import check_targets
 from ecgtune.train import Batches, Trainer, load_backbone, pick_device
 from ecgtune.trial_status import DIVERGED, EPOCH, OBJECTIVE, TOTAL_EPOCHS
@@ -54,12 +55,12 @@ class TwoStageRun:
             raise ValueError("stages.pretrain.epochs + stages.finetune.epochs is 0: nothing to train")
 
         # Only the train and val splits are ever opened here: the test fold belongs to final evaluation.
-        self.finetune_store = ECGStore(resolve_store(spec.data.finetune))
+        self.finetune_store = ECGStore(require_store(spec.data.finetune))
         self.ptbxl_train = self.finetune_store.split("train", self.targets)
         self.ptbxl_val = Batches(self.finetune_store.split("val", self.targets), self.device)
         self.deepfake_val: Batches | None = None
         if self.pretrain_epochs:
-            self.pretrain_store = ECGStore(resolve_store(spec.data.pretrain))
+            self.pretrain_store = ECGStore(require_store(spec.data.pretrain))
             self.deepfake_train = self.pretrain_store.split("train", self.targets)
             self.deepfake_val = Batches(self.pretrain_store.split("val", self.targets), self.device)
 

@@ -9,15 +9,18 @@ Nothing here knows about Ray. Callers that want progress pass their own
 
 from __future__ import annotations
 
+import functools
 import math
 import time
+import typing
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field, fields
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from torch import nn
 
 from ecgtune.data.store import SplitArrays
@@ -26,47 +29,46 @@ from ecgtune.targets import MICROVOLTS_PER_MILLIVOLT, TARGETS, check_targets
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings of one training stage."""
+    """Optimisation settings of one training stage: the one declaration of each setting, its default
+    and its bounds. A spec's stages (`ecgtune.spec.StageSpec`) are made from these fields, so a new
+    knob or bound is added here only."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
+    epochs: Annotated[int, Field(ge=0)] = 10
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-2
     schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
-    warmup_fraction: float = 0.05  # of all steps, for "cosine"
-    grad_clip: float | None = 1.0
+    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05  # of all steps, for "cosine"
+    grad_clip: Annotated[float | None, Field(gt=0)] = 1.0
     loss: Literal["l1", "huber"] = "l1"
-    huber_delta: float = 1.0  # in standardised units
+    huber_delta: Annotated[float, Field(gt=0)] = 1.0  # in standardised units
     # Pretraining stores can be far larger than an epoch needs; None = the whole split.
-    samples_per_epoch: int | None = None
-    freeze_backbone_epochs: int = 0
-    eval_batch_size: int = 256
+    samples_per_epoch: Annotated[int | None, Field(ge=1)] = None
+    freeze_backbone_epochs: Annotated[int, Field(ge=0)] = 0
+    eval_batch_size: Annotated[int, Field(ge=1)] = 256
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU, where it would only slow things down
     compile: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
-        checks = {
-            "epochs": self.epochs >= 0,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "weight_decay": self.weight_decay >= 0,
-            "warmup_fraction": 0 <= self.warmup_fraction < 1,
-            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
-            "huber_delta": self.huber_delta > 0,
-            "samples_per_epoch": self.samples_per_epoch is None or self.samples_per_epoch >= 1,
-            "freeze_backbone_epochs": self.freeze_backbone_epochs >= 0,
-            "eval_batch_size": self.eval_batch_size >= 1,
-        }
-        bad = [k for k, ok in checks.items() if not ok]
+        bad = []
+        for name, check in _setting_checks().items():
+            try:
+                check.validate_python(getattr(self, name))
+            except ValidationError as exc:
+                reason = exc.errors(include_url=False)[0]["msg"]
+                bad.append(f"{name}={getattr(self, name)!r} ({reason})")
         if bad:
-            raise ValueError(
-                f"invalid TrainConfig values: {', '.join(f'{k}={getattr(self, k)!r}' for k in bad)}"
-            )
-        if self.schedule not in ("cosine", "onecycle", "constant"):
-            raise ValueError(f"TrainConfig.schedule={self.schedule!r}; allowed: cosine, onecycle, constant")
-        if self.loss not in ("l1", "huber"):
-            raise ValueError(f"TrainConfig.loss={self.loss!r}; allowed: l1, huber")
+            raise ValueError(f"invalid TrainConfig values: {', '.join(bad)}")
+
+
+@functools.cache
+def _setting_checks() -> dict[str, TypeAdapter[Any]]:
+    """A validator per TrainConfig field, from its declared type and bounds. NaN and infinity are never
+    a valid setting (a NaN bound would pass every comparison)."""
+    hints = typing.get_type_hints(TrainConfig, include_extras=True)
+    config = ConfigDict(allow_inf_nan=False)
+    return {f.name: TypeAdapter(hints[f.name], config=config) for f in fields(TrainConfig)}
 
 
 def pick_device(device: str = "auto") -> torch.device:

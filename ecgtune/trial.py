@@ -23,7 +23,8 @@ from ray import tune
 from ray.util.metrics import Gauge
 
 from ecgtune import metrics as m
-from ecgtune.spec import Spec, apply_params, apply_variant, trial_params
+from ecgtune.sampler import trial_params
+from ecgtune.spec import Spec, apply_params, apply_variant
 from ecgtune.stages import TwoStageRun
 from ecgtune.targets import TARGET_NAMES
 

@@ -3,8 +3,8 @@ a message naming the file and the key path. Models are only ever built on the me
 
 from __future__ import annotations
 
+import ast
 import copy
-import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,22 +12,19 @@ from typing import Any
 import optuna
 import pytest
 import yaml
-from optuna.samplers import TPESampler
 
 from ecgtune.spec import (
     Spec,
     SpecError,
+    StageSpec,
     apply_params,
     apply_variant,
     describe_space,
     dump_spec,
-    fixed_values,
     load_spec,
-    make_sampler,
-    sample_params,
     spec_from_dict,
-    trial_params,
 )
+from ecgtune.train import TrainConfig
 
 SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
 SHIPPED = sorted(SWEEPS.glob("*.yaml"))
@@ -498,69 +495,35 @@ def test_apply_params_rejects_bad_keys_and_values() -> None:
         apply_params(spec, {"finetune.batch_size": 32.0})
 
 
-# ------------------------------------------------------------------------------------------ sampling
-
-
-def test_sample_params_keeps_heads_dividing_embed_dim() -> None:
-    spec = load_spec(SWEEPS / "vit_patch_depth.yaml")
-    study = optuna.create_study(sampler=TPESampler(seed=0, n_startup_trials=5))
-    sampler = make_sampler(spec)
-    seen_dims = set()
-    for _ in range(30):
-        trial = study.ask()
-        params = sampler(trial)
-        assert set(params) == set(spec.search.space)  # canonical names only
-        assert params["model.embed_dim"] % params["model.num_heads"] == 0
-        # Optuna saw a fixed distribution per embed dim, under its own name.
-        assert f"model.num_heads|model.embed_dim={params['model.embed_dim']}" in trial.params
-        seen_dims.add(params["model.embed_dim"])
-        study.tell(trial, params["model.depth"] * params["model.dropout"])
-    assert len(seen_dims) >= 3
-    assert apply_params(spec, params).model.params["num_heads"] == params["model.num_heads"]
-
-
-def test_sample_params_copies_same_as() -> None:
-    spec = load_spec(SWEEPS / "smoke.yaml")
-    study = optuna.create_study(sampler=TPESampler(seed=0, n_startup_trials=3))
-    for _ in range(30):
-        trial = study.ask()
-        params = sample_params(trial, spec.search.space)
-        assert params["model.stem_widths.1"] == params["model.block_widths.1"]
-        assert "model.stem_widths.1" not in trial.params  # copied, not sampled
-        assert 8 <= params["model.block_widths.0"] <= 32
-        study.tell(trial, params["finetune.lr"])
-
-
-def test_relations_to_fixed_params_use_fixed_values() -> None:
-    d = raw("vit_patch_depth")
-    d["model"]["params"]["embed_dim"] = 96
-    del d["search"]["space"]["model.embed_dim"]
-    d["search"]["space"]["model.depth"] = {"type": "same_as", "same_as": "model.num_heads"}
-    spec = spec_from_dict(d)
-    assert fixed_values(spec) == {"model.embed_dim": 96}
-    study = optuna.create_study(sampler=TPESampler(seed=0))
-    for _ in range(10):
-        trial = study.ask()
-        params = make_sampler(spec)(trial)
-        assert 96 % params["model.num_heads"] == 0 and params["model.depth"] == params["model.num_heads"]
-        assert "model.num_heads" in trial.params  # fixed parent: one plain name suffices
-        study.tell(trial, 0.0)
-    with pytest.raises(ValueError, match="fixed=fixed_values"):
-        sample_params(study.ask(), spec.search.space)
-
-
-def test_sampler_pickles_and_trial_params_picks_canonical_keys() -> None:
-    """Ray pickles the searcher with its space function, and its config mixes Optuna's names in."""
-    spec = load_spec(SWEEPS / "vit_patch_depth.yaml")
-    sampler = pickle.loads(pickle.dumps(make_sampler(spec)))
-    trial = optuna.create_study(sampler=TPESampler(seed=1)).ask()
-    params = sampler(trial)
-    config = {**trial.params, **params}
-    assert trial_params(spec.search.space, config) == params
-
-
 def test_spec_is_frozen() -> None:
     spec = load_spec(SWEEPS / "smoke.yaml")
     with pytest.raises(Exception, match="frozen"):
         spec.seed = 3  # type: ignore[misc]
     assert isinstance(spec, Spec)
+
+
+def test_stage_settings_are_train_config_s_fields_and_bounds() -> None:
+    """StageSpec is made from TrainConfig: the same fields, defaults and bounds, less the spec's seed."""
+    defaults = TrainConfig()
+    assert list(StageSpec.model_fields) == [f for f in vars(defaults) if f != "seed"]
+    stage = StageSpec(epochs=defaults.epochs)
+    assert stage.train_config(seed=defaults.seed) == defaults
+    for field, bad in {"batch_size": 0, "lr": 0.0, "warmup_fraction": 1.0, "schedule": "step"}.items():
+        with pytest.raises(ValueError, match=field):
+            TrainConfig(**{field: bad})
+        with pytest.raises(ValueError, match=field):
+            StageSpec(epochs=1, **{field: bad})
+
+
+def test_spec_modules_import_only_the_ones_before_them() -> None:
+    """schema < errors < space < configs < load: no module of the spec imports one after it."""
+    order = ["schema", "errors", "space", "configs", "load"]
+    package = Path(__file__).resolve().parents[1] / "ecgtune" / "spec"
+    for i, name in enumerate(order):
+        tree = ast.parse((package / f"{name}.py").read_text())
+        imported = {
+            node.module.rsplit(".", 1)[1]
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ecgtune.spec.")
+        }
+        assert imported <= set(order[:i]), (name, imported)

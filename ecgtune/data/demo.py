@@ -23,12 +23,18 @@ from __future__ import annotations
 import fcntl
 import json
 import shutil
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from ecgtune.data.locate import DEMO_STORES, demo_root, is_store, running_as_ray_job
 from ecgtune.data.store import ECGStore
 from ecgtune.paths import claim_output_dir, marker_kind, write_marker
+
+if TYPE_CHECKING:
+    from ecgtune.spec import StoreSpec
 
 N_DEEPFAKE = 640
 N_PTBXL = 2200
@@ -102,9 +108,19 @@ def build_demo(root: Path, rebuild: bool = False) -> list[tuple[ECGStore, bool]]
         return [build_demo_deepfake(root, rebuild), build_demo_ptbxl(root, rebuild)]
 
 
-def ensure_demo_store(name: str, root: Path) -> Path:
-    """Path of one demo store, building both on first use."""
-    if name not in ("deepfake", "ptbxl"):
-        raise ValueError(f"unknown demo store {name!r}; allowed: deepfake, ptbxl")
+def ensure_demo_data(stores: Iterable[StoreSpec | None]) -> None:
+    """Build (or check, cheaply) the demo stores when `stores` names one: the explicit step `ecgtune
+    sweep` and `ecgtune train` take before resolving their stores, once per node, with a progress line
+    when a store is missing. Inside a Ray job nothing is built (its working directory is a temporary
+    copy): `require_store` then fails at once if the stores are not already below $ECGTUNE_DATA/demo."""
+    if running_as_ray_job() or not any(s is not None and s.demo is not None for s in stores):
+        return
+    root = demo_root()
+    if not all(is_store(root / name) for name in DEMO_STORES):
+        print(
+            f"ecgtune: building the demo stores in {root} (first use: a few minutes on 2 cores; "
+            f"`ecgtune data demo --root {root}` builds them ahead)",
+            file=sys.stderr,
+            flush=True,
+        )
     build_demo(root)  # cheap when both stores are current: their keys are checked, nothing is rebuilt
-    return root / name
