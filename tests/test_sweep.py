@@ -126,7 +126,7 @@ def _trials_with_results(experiment: Path) -> dict[str, int]:
 
 
 def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(stores, tmp_path):
-    from ecgtune.search import saved_searcher
+    from ecgtune.searchers import saved_searcher
 
     storage = tmp_path / "runs"
     spec_file = write_spec(tmp_path / "spec.yaml", stores, storage, num_samples=5)
