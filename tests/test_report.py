@@ -522,3 +522,27 @@ def test_export_refuses_an_experiment_without_a_full_fidelity_trial(tmp_path):
     (exp / "summary.json").unlink()
     with pytest.raises(ExperimentError, match="no trial has trained every planned epoch"):
         export_best(exp, tmp_path / "best.yaml")
+
+
+def test_export_writes_the_spec_the_trial_trained_from_its_json_config(tmp_path):
+    from ecgtune.experiment import trial_spec
+    from ecgtune.report import export_best
+    from ecgtune.spec import load_spec
+
+    exp = tmp_path / "exp"
+    shutil.copytree(FIXTURE, exp)
+    spec = read_experiment(exp).spec
+    _, origin = export_best(exp, tmp_path / "best.yaml")
+    (best_dir,) = exp.glob(f"*trial_{origin['trial_id']}_*")
+    config = json.loads((best_dir / "params.json").read_text())
+    trained = trial_spec(spec, config)  # what ecgtune.trial.run_trial trained
+    exported = load_spec(tmp_path / "best.yaml")
+    assert exported.model_copy(update={"origin": None, "name": trained.name}) == trained
+    # The same values from summary.json where the trial directory lost its params.json (and Tune's
+    # result lines carry no config): the searcher's JSON, never table cells.
+    (best_dir / "params.json").unlink()
+    lines = [json.loads(x) for x in (best_dir / "result.json").read_text().splitlines()]
+    (best_dir / "result.json").write_text("".join(json.dumps({**x, "config": None}) + "\n" for x in lines))
+    export_best(exp, tmp_path / "again.yaml")
+    again = load_spec(tmp_path / "again.yaml")
+    assert again.model_copy(update={"origin": None, "name": trained.name}) == trained
