@@ -27,12 +27,12 @@ from ray.util.metrics import Gauge
 
 from ecgtune.experiment import (
     EPOCH,
-    MAE_KEY,
     MODE,
     OBJECTIVE,
     STATUSES,
-    finite_objective,
+    sweep_summary,
     trial_status,
+    trial_summary,
     write_spec,
     write_summary,
 )
@@ -319,48 +319,25 @@ def _error_message(error: BaseException) -> str:
 
 def summarize(
     results: tune.ResultGrid, spec: Spec, searcher: PruneAwareOptunaSearch | None, wall_seconds: float
-):
-    """Per-trial outcome and the best full-fidelity trial, as plain JSON-able data."""
-    max_t = spec.total_epochs
+) -> dict[str, Any]:
+    """summary.json's content (`ecgtune.experiment.sweep_summary`) from Tune's results and the searcher."""
     trials = []
     for r in results:
-        last = r.metrics or {}
         df = r.metrics_dataframe
         best_objective = float(df[OBJECTIVE].min()) if df is not None and OBJECTIVE in df else None
+        error = _error_message(r.error) if r.error else None
         trials.append(
-            {
-                "trial_id": last.get("trial_id"),
-                "path": r.path,
-                "config": {k: v for k, v in r.config.items() if k != "spec"},
-                "epochs": int(last.get(EPOCH, 0)),
-                # Variants of one sweep can differ in length: each trial is measured against the
-                # total_epochs its own results carry; the sweep's plan only where they carry none.
-                "status": trial_status(last, max_epochs=max_t, errored=r.error is not None),
-                "error": _error_message(r.error) if r.error else None,
-                # None, not NaN, for a diverged trial: summary.json stays standard JSON.
-                "objective": finite_objective(last),
-                "best_objective": finite_objective({OBJECTIVE: best_objective}),
-                "ptbxl_val_mae": {t: last.get(MAE_KEY.format(t)) for t in spec.targets},
-                "node_id": last.get("node_id"),
-                "device": last.get("device"),
-                "time_total_s": last.get("time_total_s"),
-            }
+            trial_summary(
+                spec,
+                r.metrics or {},
+                path=r.path,
+                config=r.config,
+                error=error,
+                best_objective=best_objective,
+            )
         )
-    finished = [t for t in trials if t["status"] == "finished" and t["objective"] is not None]
-    best = min(finished, key=lambda t: t["objective"]) if finished else None
-    per_rung = Counter(t["epochs"] for t in trials)
-    return {
-        "sweep": spec.name,
-        "metric": OBJECTIVE,
-        "mode": MODE,
-        "max_epochs": max_t,
-        "wall_seconds": wall_seconds,
-        "trials": trials,
-        "epochs_reached": {str(k): v for k, v in sorted(per_rung.items())},
-        "statuses": {s: sum(t["status"] == s for t in trials) for s in STATUSES},
-        "best": best,
-        "optuna_states": searcher.study_states() if searcher is not None else None,
-    }
+    states = searcher.study_states() if searcher is not None else None
+    return sweep_summary(spec, trials, states, wall_seconds)
 
 
 def format_summary(summary: dict[str, Any], top: int = 5) -> str:

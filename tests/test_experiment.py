@@ -11,7 +11,15 @@ import pytest
 import yaml
 from synthetic import write_trial_stores
 
-from ecgtune.experiment import SPEC_FILE, SUMMARY_FILE, read_experiment, write_spec, write_summary
+from ecgtune.experiment import (
+    SPEC_FILE,
+    SUMMARY_FILE,
+    read_experiment,
+    sweep_summary,
+    trial_summary,
+    write_spec,
+    write_summary,
+)
 from ecgtune.experiment.files import read_files
 from ecgtune.spec import Spec, spec_from_dict
 
@@ -82,3 +90,29 @@ def test_spec_and_summary_round_trip_locally_and_through_a_uri(tmp_path):
         assert experiment.configs == {"aaaa0001": {"finetune.lr": 1e-3}}
         # An ended sweep (summary.json): a trial that reported nothing is stopped, not running.
         assert experiment.trials.set_index("trial_id")["status"].to_dict() == {"aaaa0001": "stopped"}
+
+
+# summary.json's keys, in order, as `ecgtune.search.summarize` wrote them before the experiment's owner.
+SUMMARY_KEYS = ["sweep", "metric", "mode", "max_epochs", "wall_seconds", "trials", "epochs_reached"]
+SUMMARY_KEYS += ["statuses", "best", "optuna_states"]
+TRIAL_KEYS = ["trial_id", "path", "config", "epochs", "status", "error", "objective", "best_objective"]
+TRIAL_KEYS += ["ptbxl_val_mae", "node_id", "device", "time_total_s"]
+
+
+def test_summary_has_the_keys_of_a_real_sweeps_summary_json():
+    """The fixture's summary.json was written by a real sweep of an older ecgtune (tests/fixtures/README.md):
+    a summary made now has every key it has (and `statuses`, `device`, added since), and the same
+    verdict for the same last result."""
+    fixture = Path(__file__).parent / "fixtures" / "experiment"
+    real = json.loads((fixture / SUMMARY_FILE).read_text())
+    spec = Spec.model_validate(yaml.safe_load((fixture / SPEC_FILE).read_text()))
+    (trial_dir,) = fixture.glob(f"*trial_{real['best']['trial_id']}_*")
+    last = json.loads((trial_dir / "result.json").read_text().splitlines()[-1])
+    config = json.loads((trial_dir / "params.json").read_text())
+    entry = trial_summary(spec, last, path=str(trial_dir), config=config, error=None, best_objective=1.0)
+    summary = sweep_summary(spec, [entry], None, wall_seconds=1.0)
+    assert list(summary) == SUMMARY_KEYS and set(real) <= set(summary)
+    assert list(entry) == TRIAL_KEYS and set(real["best"]) <= set(entry)
+    same = ("trial_id", "config", "epochs", "status", "objective", "ptbxl_val_mae")
+    assert {k: entry[k] for k in same} == {k: real["best"][k] for k in same}
+    assert summary["best"] == entry and summary["statuses"]["finished"] == 1

@@ -2,7 +2,8 @@
 trial reports and the one rule for a trial's status (`results`), a trial's own spec and planned epochs
 (`reader.trial_spec`, asking `ecgtune.spec.Spec`), and the reader (`reader.read_experiment`).
 
-The driver (`ecgtune.search`) writes through `write_spec` / `write_summary`; the report, the export
+The driver (`ecgtune.search`) writes through `write_spec` and, with `sweep_summary`'s content,
+`write_summary`; the report, the export
 and the dashboard's gauges read and decide through here.
 """
 
@@ -37,6 +38,7 @@ from ecgtune.experiment.results import (
     is_diverged,
     trial_status,
 )
+from ecgtune.experiment.summary import sweep_summary, trial_summary
 
 __all__ = [
     "DIVERGED",
@@ -60,8 +62,10 @@ __all__ = [
     "finite_objective",
     "is_diverged",
     "read_experiment",
+    "sweep_summary",
     "trial_spec",
     "trial_status",
+    "trial_summary",
     "write_spec",
     "write_summary",
 ]

@@ -53,7 +53,7 @@ def write_spec(experiment_path: str, spec: Spec) -> None:
 
 
 def write_summary(experiment_path: str, summary: dict[str, Any]) -> None:
-    """summary.json (`ecgtune.search.summarize`)."""
+    """summary.json (`ecgtune.experiment.sweep_summary`, from `ecgtune.search.summarize`)."""
     _write(experiment_path, SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
 
 
