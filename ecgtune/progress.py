@@ -12,6 +12,8 @@ import sys
 import time
 from typing import IO
 
+from ecgtune.experiment import MAE_KEY
+
 
 class Progress:
     def __init__(self, total: int, what: str, *, enabled: bool = True, every_s: float = 10.0,
@@ -89,7 +91,7 @@ class SweepLog:
     def result(self, trial: str, params: dict[str, object], result: dict[str, object]) -> None:
         if not self._printed_header:
             self.header()
-        maes = " ".join(f"{_fmt(result.get(f'ptbxl_val_mae_{t}')):>9}" for t in self.targets)
+        maes = " ".join(f"{_fmt(result.get(MAE_KEY.format(t))):>9}" for t in self.targets)
         epoch = f"{result.get('epoch', '?')}/{result.get('total_epochs', '?')}"
         self._print(
             f"{time.strftime('%H:%M:%S')} {trial:<14} {str(result.get('stage', '')):<8} {epoch:>5} "

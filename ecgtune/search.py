@@ -3,12 +3,13 @@
     ecgtune sweep sweeps/smoke.yaml            # local Ray, or the cluster under `ray job submit`
     ecgtune sweep sweeps/smoke.yaml --resume   # continue the newest interrupted run of that spec
 
-Search space and scheduler live here; the trial (`ecgtune.trial`) receives a plain config.
+The searcher and the scheduler are `ecgtune.searchers`'; the trial (`ecgtune.trial`) receives a plain
+config; the experiment directory's files and the status rule are `ecgtune.experiment`'s. The driver
+writes spec.yaml there when the sweep starts and summary.json when it ends.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -19,131 +20,51 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import optuna
-import pyarrow.fs
 import ray
-import yaml
 from ray import tune
 from ray._private import ray_constants, services
-from ray.tune.result import TRAINING_ITERATION
-from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-from ray.tune.search.optuna import OptunaSearch
 from ray.util.metrics import Gauge
 
 from ecgtune.data.locate import require_store
+from ecgtune.experiment import (
+    EPOCH,
+    MODE,
+    OBJECTIVE,
+    STATUSES,
+    sweep_summary,
+    trial_status,
+    trial_summary,
+    write_spec,
+    write_summary,
+)
 from ecgtune.metrics import SWEEP_TRIALS, KeptGauge
 from ecgtune.progress import SweepLog
-from ecgtune.sampler import make_sampler
-from ecgtune.spec import ASHASpec, Spec, StoreSpec, asha_max_t, load_spec
+from ecgtune.searchers import (
+    DivergenceAwareASHA,
+    PruneAwareOptunaSearch,
+    make_scheduler,
+    make_searcher,
+    saved_searcher,
+)
+from ecgtune.spec import Spec, StoreSpec, load_spec
 from ecgtune.targets import TARGETS, check_targets
 from ecgtune.trial import metrics_report_interval_s, run_trial
-from ecgtune.trial_status import OBJECTIVE, STATUSES, finite_objective, is_diverged, trial_status
-
-METRIC, MODE = OBJECTIVE, "min"
-SUMMARY_FILE = "summary.json"
-SPEC_FILE = "spec.yaml"
 
 
-class PruneAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch that tells TPE what ASHA saw, on ASHA's clock.
-
-    - Steps: each intermediate value is reported at `result[clock]`, the key ASHA counts rungs on
-      (`finetune_epoch` or `training_iteration`: `asha_clock`), not at stock OptunaSearch's
-      `training_iteration`. Only steps >= 1 are reported, each once. Under the finetune clock every
-      pretraining epoch has finetune_epoch 0, so their objectives (the pretrained model read out
-      zero-shot on PTB-XL) never reach Optuna: ASHA ignores them too (no rung at 0), their rank
-      agreement with the final objective was measured at 0.04-0.08 (docs/benchmarks.md part 4), and
-      Optuna would keep only the first of several values at one step (it ignores repeats with a
-      warning). A trial's intermediate values are then on the clock, and from the epochs, ASHA judges.
-    - Stopped trials: Ray passes the result ASHA stops a trial on only to `on_trial_complete`
-      (tune_controller.py `_process_trial_result`), so it is reported here before the trial is told
-      PRUNED; Optuna takes a pruned trial's value from its last intermediate value, so that value is
-      the one ASHA stopped it on. TPE ranks pruned trials by their last step, later first, then by that
-      value (optuna/samplers/_tpe/sampler.py `_get_pruned_trial_score`; a pruned trial without any
-      intermediate value ranks last), so steps on ASHA's clock rank them by the rung they reached.
-    - Finished trials are told COMPLETE with their last objective; diverged ones (a NaN/inf loss or
-      objective: `ecgtune.trial_status`) and errored ones FAIL, with no value, so TPE never ranks
-      them; a non-finite value is never reported.
-
-    Whether a trial finished, was stopped, diverged or failed is `ecgtune.trial_status.trial_status`'s
-    decision; `told` counts the verdicts by that status.
-    """
-
-    def __init__(self, *args: Any, clock: str = TRAINING_ITERATION, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.clock = clock
-        self.told: Counter[str] = Counter()
-        self._last_step: dict[str, int] = {}  # per trial, the last step reported to Optuna
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._completed_trials:
-            super().on_trial_result(trial_id, result)  # warns and ignores it
-            return
-        self._report(trial_id, result)
-
-    def _report(self, trial_id: str, result: dict) -> None:
-        """The result's objective at its step on ASHA's clock, if both are usable and the step is new."""
-        value, step = finite_objective(result), result.get(self.clock)
-        if is_diverged(result) or value is None or step is None or step < 1:
-            return
-        # A step already reported: the duplicate of a trial's last result that Tune passes when the trial
-        # function returns, or an epoch repeated after a restore from a checkpoint.
-        if step <= self._last_step.get(trial_id, 0):
-            return
-        self._ot_trials[trial_id].report(value, int(step))
-        self._last_step[trial_id] = int(step)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if not result or trial_id in self._completed_trials or trial_id not in self._ot_trials:
-            # No result (an error, or a trial removed before it reported), a second completion, or an
-            # unknown trial: stock OptunaSearch tells FAIL / PRUNED without a value, or warns.
-            super().on_trial_complete(trial_id, result=result, error=error)
-            self.told[trial_status(result, errored=error)] += 1
-            return
-        status = trial_status(result, errored=error)
-        value = finite_objective(result)
-        ot_trial, states = self._ot_trials[trial_id], optuna.trial.TrialState
-        if status == "finished" and value is not None:
-            self._report(trial_id, result)
-            self._ot_study.tell(ot_trial, value, state=states.COMPLETE)
-        elif status in ("diverged", "error"):
-            self._ot_study.tell(ot_trial, state=states.FAIL)
-        else:
-            self._report(trial_id, result)  # the result ASHA stopped it on
-            self._ot_study.tell(ot_trial, state=states.PRUNED)
-        self._completed_trials.add(trial_id)
-        self.told[status] += 1
-
-    def study_states(self) -> dict[str, int]:
-        return dict(Counter(t.state.name.lower() for t in self._ot_study.get_trials(deepcopy=False)))
-
-
-class DivergenceAwareASHA(ASHAScheduler):
-    """ASHA that stops a diverged trial at once and never puts its result in a rung.
-
-    A diverged epoch's result still carries the metric key (Tune 2.60 raises for a result without it:
-    `TuneController._validate_result_metrics`), as NaN, beside `diverged: True`. Stock ASHA would
-    record -NaN (or -inf) in the rung, where `np.nanpercentile` skips NaN, returns NaN for an all-NaN
-    rung (no trial is ever stopped there again) and is dragged by inf.
-    """
-
-    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-        if is_diverged(result):
-            return TrialScheduler.STOP
-        return super().on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
-        if is_diverged(result):
-            self._trial_info.pop(trial.trial_id, None)
-            return
-        super().on_trial_complete(tune_controller, trial, result)
+def ended_status(trial: Any, max_epochs: int, errored: bool) -> str:
+    """The status of a trial Tune has just completed or errored, by `ecgtune.experiment.trial_status`:
+    the dashboard's gauges and the console's lines ask here, the summary asks the same rule."""
+    return trial_status(trial.last_result, max_epochs=max_epochs, errored=errored)
 
 
 class SweepGauges(tune.Callback):
-    """Per-sweep trial counts for the Ray dashboard's metrics, one series per `STATUSES` entry."""
+    """Per-sweep trial counts for the Ray dashboard's metrics, one series per `STATUSES` entry.
 
-    def __init__(self, sweep: str):
+    `max_epochs`: the sweep's planned epochs per trial, for a last result without `total_epochs`."""
+
+    def __init__(self, sweep: str, max_epochs: int = 0):
         self.sweep = sweep
+        self.max_epochs = max_epochs
         self.counts: Counter[str] = Counter()
         self.gauge: KeptGauge | None = None
 
@@ -164,10 +85,10 @@ class SweepGauges(tune.Callback):
         self._publish()
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self._ended(trial_status(trial.last_result))
+        self._ended(ended_status(trial, self.max_epochs, errored=False))
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._ended(trial_status(trial.last_result, errored=True))
+        self._ended(ended_status(trial, self.max_epochs, errored=True))
 
     def on_experiment_end(self, trials, **info):
         # Stop re-setting the counts; the final ones still reach the metrics agent (measured: a driver
@@ -243,22 +164,15 @@ class ProgressLines(tune.Callback):
         self.log.result(trial.trial_id, params, result)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        status = trial_status(last, max_epochs=self.max_epochs)
-        self.log.ended(trial.trial_id, status, last.get("epoch", 0), last.get(METRIC))
+        self._ended(trial, errored=False)
 
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._ended(trial, errored=True, note="see the summary")
+
+    def _ended(self, trial: Any, errored: bool, note: str = "") -> None:
         last = trial.last_result or {}
-        self.log.ended(trial.trial_id, "error", last.get("epoch", 0), last.get(METRIC), "see the summary")
-
-
-def asha_clock(asha: ASHASpec | None) -> str:
-    """The result key ASHA counts rungs on (its time_attr); the searcher reports Optuna's steps on it too.
-
-    finetune_epoch stays 0 through pretraining, so no rung is reached there (spec.ASHASpec.clock).
-    Without ASHA, Tune's own clock.
-    """
-    return "finetune_epoch" if asha is not None and asha.clock == "finetune" else TRAINING_ITERATION
+        status = ended_status(trial, self.max_epochs, errored)
+        self.log.ended(trial.trial_id, status, last.get(EPOCH, 0), last.get(OBJECTIVE), note)
 
 
 def build_tuner(
@@ -271,50 +185,28 @@ def build_tuner(
     """The Tuner of a sweep. `trainable` and `stop` are for benchmarks: a replay of recorded learning
     curves in place of training (bench/replay.py), and a stop at a budget of trial-epochs."""
     search = spec.search
-    trainable = tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    trainable = _with_resources(trainable, spec)
     param_space: dict[str, Any] = {"spec": spec.model_dump(mode="json")}
-    searcher = scheduler = None
+    searcher = None
     num_samples = 1
-    max_concurrent = search.max_concurrent_trials if search else 1
     if spec.variants:
         # Fixed experiments (sweeps/paper.yaml): a grid over the named variants, no TPE.
         param_space["variant"] = tune.grid_search(list(spec.variants))
     elif search is not None:
         num_samples = search.num_samples
-        sampler = (
-            optuna.samplers.TPESampler(
-                seed=search.searcher.seed, n_startup_trials=search.searcher.n_startup_trials
-            )
-            if search.searcher.algorithm == "tpe"
-            else optuna.samplers.RandomSampler(seed=search.searcher.seed)
-        )
-        searcher = PruneAwareOptunaSearch(
-            space=make_sampler(spec),  # picklable (resume re-loads the searcher)
-            metric=METRIC,
-            mode=MODE,
-            sampler=sampler,
-            study_name=experiment_name,  # unique per sweep run
-            clock=asha_clock(search.asha),
-        )
-    if search is not None and search.asha is not None:
-        scheduler = DivergenceAwareASHA(
-            time_attr=asha_clock(search.asha),  # metric and mode: TuneConfig's (Tune refuses both)
-            max_t=asha_max_t(spec, search.asha),
-            grace_period=search.asha.grace_period,
-            reduction_factor=search.asha.reduction_factor,
-            brackets=search.asha.brackets,
-        )
-    gauges = SweepGauges(spec.name)
+        searcher = make_searcher(spec, study_name=experiment_name)
+    scheduler = make_scheduler(spec)
+    gauges = SweepGauges(spec.name, spec.total_epochs)
     tuner = tune.Tuner(
         trainable,
         param_space=param_space,
         tune_config=tune.TuneConfig(
-            metric=METRIC,
+            metric=OBJECTIVE,
             mode=MODE,
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=num_samples,
-            max_concurrent_trials=max_concurrent,
+            max_concurrent_trials=search.max_concurrent_trials if search else 1,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
             reuse_actors=spec.run.reuse_actors,
@@ -352,33 +244,27 @@ def run_sweep(
     started = time.time()
     if resume:
         experiment_path = _latest_experiment(storage, spec.name) if resume == "latest" else resume
-        tuner = tune.Tuner.restore(experiment_path, trainable=_trainable(spec), resume_errored=True)
+        tuner = tune.Tuner.restore(
+            experiment_path, trainable=_with_resources(run_trial, spec), resume_errored=True
+        )
         searcher = None
     else:
         experiment_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         experiment_path = f"{storage.rstrip('/')}/{experiment_name}"
         sweep = build_tuner(spec, storage, experiment_name)
         tuner, searcher = sweep.tuner, sweep.searcher
+    # Before any trial: a report or export of a running or crashed sweep reads the spec from here.
+    write_spec(experiment_path, spec)
     results = tuner.fit()
     if searcher is None:  # resumed: Tune restored the searcher inside the Tuner; read what it saved
         searcher = saved_searcher(experiment_path)
     summary = summarize(results, spec, searcher, wall_seconds=time.time() - started)
-    _write_summary(experiment_path, spec, summary)
+    write_summary(experiment_path, summary)
     return SweepResult(experiment_path, summary)
 
 
-def saved_searcher(experiment_path: str) -> PruneAwareOptunaSearch | None:
-    """The searcher as Tune saved it in a local experiment directory (searcher-state-*.pkl, written after
-    every trial and at the end of `fit()`); None for a URI or a run without a searcher (variants)."""
-    if "://" in experiment_path or not any(Path(experiment_path).glob("searcher-state-*.pkl")):
-        return None
-    searcher = PruneAwareOptunaSearch()
-    searcher.restore_from_dir(experiment_path)
-    return searcher
-
-
-def _trainable(spec: Spec):
-    return tune.with_resources(run_trial, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+def _with_resources(trainable: Callable[[dict[str, Any]], None], spec: Spec) -> Any:
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
 def _init_ray(address: str | None) -> None:
@@ -435,65 +321,25 @@ def _error_message(error: BaseException) -> str:
 
 def summarize(
     results: tune.ResultGrid, spec: Spec, searcher: PruneAwareOptunaSearch | None, wall_seconds: float
-):
-    """Per-trial outcome and the best full-fidelity trial, as plain JSON-able data."""
-    max_t = spec.total_epochs
+) -> dict[str, Any]:
+    """summary.json's content (`ecgtune.experiment.sweep_summary`) from Tune's results and the searcher."""
     trials = []
     for r in results:
-        last = r.metrics or {}
         df = r.metrics_dataframe
-        best_objective = float(df[METRIC].min()) if df is not None and METRIC in df else None
+        best_objective = float(df[OBJECTIVE].min()) if df is not None and OBJECTIVE in df else None
+        error = _error_message(r.error) if r.error else None
         trials.append(
-            {
-                "trial_id": last.get("trial_id"),
-                "path": r.path,
-                "config": {k: v for k, v in r.config.items() if k != "spec"},
-                "epochs": int(last.get("epoch", 0)),
-                # Variants of one sweep can differ in length: compare each trial with its own plan.
-                "status": trial_status(last, max_epochs=max_t, errored=r.error is not None),
-                "error": _error_message(r.error) if r.error else None,
-                # None, not NaN, for a diverged trial: summary.json stays standard JSON.
-                "objective": finite_objective(last),
-                "best_objective": finite_objective({METRIC: best_objective}),
-                "ptbxl_val_mae": {t: last.get(f"ptbxl_val_mae_{t}") for t in spec.targets},
-                "node_id": last.get("node_id"),
-                "device": last.get("device"),
-                "time_total_s": last.get("time_total_s"),
-            }
+            trial_summary(
+                spec,
+                r.metrics or {},
+                path=r.path,
+                config=r.config,
+                error=error,
+                best_objective=best_objective,
+            )
         )
-    finished = [t for t in trials if t["status"] == "finished" and t["objective"] is not None]
-    best = min(finished, key=lambda t: t["objective"]) if finished else None
-    per_rung = Counter(t["epochs"] for t in trials)
-    return {
-        "sweep": spec.name,
-        "metric": METRIC,
-        "mode": MODE,
-        "max_epochs": max_t,
-        "wall_seconds": wall_seconds,
-        "trials": trials,
-        "epochs_reached": {str(k): v for k, v in sorted(per_rung.items())},
-        "statuses": {s: sum(t["status"] == s for t in trials) for s in STATUSES},
-        "best": best,
-        "optuna_states": searcher.study_states() if searcher is not None else None,
-    }
-
-
-def _write_summary(experiment_path: str, spec: Spec, summary: dict[str, Any]) -> None:
-    """summary.json and the resolved spec.yaml beside Tune's results (local path or pyarrow URI)."""
-    files = {
-        SUMMARY_FILE: json.dumps(summary, indent=2, default=str),
-        SPEC_FILE: yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False),
-    }
-    if "://" in experiment_path:
-        fs, root = pyarrow.fs.FileSystem.from_uri(experiment_path)
-        for name, text in files.items():
-            with fs.open_output_stream(f"{root}/{name}") as f:
-                f.write(text.encode())
-        return
-    for name, text in files.items():
-        tmp = Path(experiment_path) / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.rename(Path(experiment_path) / name)  # readers never see half a file
+    states = searcher.study_states() if searcher is not None else None
+    return sweep_summary(spec, trials, states, wall_seconds)
 
 
 def format_summary(summary: dict[str, Any], top: int = 5) -> str:

@@ -33,11 +33,11 @@ import torch
 from ecgtune import __version__
 from ecgtune.data.locate import require_store
 from ecgtune.data.store import ECGStore
+from ecgtune.experiment.results import DIVERGED, EPOCH, OBJECTIVE, TOTAL_EPOCHS
 from ecgtune.models import build_model
 from ecgtune.spec import Spec
 from ecgtune.targets import check_targets
 from ecgtune.train import Batches, Trainer, load_backbone, pick_device
-from ecgtune.trial_status import DIVERGED, EPOCH, OBJECTIVE, TOTAL_EPOCHS
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"

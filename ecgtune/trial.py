@@ -5,8 +5,8 @@ or `{"spec": ..., "variant": name}`. Everything the trial does lives in
 `ecgtune.stages.TwoStageRun`; this file only adapts it to Tune: resume from
 `tune.get_checkpoint()`, one `tune.report(metrics, checkpoint=...)` per epoch,
 and dashboard metrics. An epoch that diverged (NaN/inf loss or objective) is reported without a
-checkpoint and ends the trial without an error (`ecgtune.search` tells Optuna FAIL and keeps it out
-of ASHA's rungs).
+checkpoint and ends the trial without an error (`ecgtune.searchers` tells Optuna FAIL and keeps it
+out of ASHA's rungs).
 """
 
 from __future__ import annotations
@@ -23,22 +23,14 @@ from ray import tune
 from ray.util.metrics import Gauge
 
 from ecgtune import metrics as m
-from ecgtune.sampler import trial_params
-from ecgtune.spec import Spec, apply_params, apply_variant
+from ecgtune.experiment import MAE_KEY, trial_spec
+from ecgtune.spec import Spec
 from ecgtune.stages import TwoStageRun
 from ecgtune.targets import TARGET_NAMES
 
 # Failure injection for fault-tolerance tests: "EPOCH" raises once when that epoch is reached
 # (the retry, restored from its checkpoint, goes on); "EPOCH:always" raises every time.
 FAIL_AT_EPOCH_ENV = "ECGTUNE_FAIL_AT_EPOCH"
-
-
-def trial_spec(config: dict[str, Any]) -> Spec:
-    """The standalone training config of one trial: the sweep spec with this trial's choices applied."""
-    spec = Spec.model_validate(config["spec"])
-    if "variant" in config:
-        return apply_variant(spec, config["variant"])
-    return apply_params(spec, trial_params(spec.search.space if spec.search else {}, config))
 
 
 class GPUUnavailableError(RuntimeError):
@@ -64,7 +56,7 @@ def trial_device(spec: Spec, granted_gpus: list[Any]) -> str:
 
 
 def run_trial(config: dict[str, Any]) -> None:
-    spec = trial_spec(config)
+    spec = trial_spec(Spec.model_validate(config["spec"]), config)
     device = trial_device(spec, ray.get_gpu_ids())
     # Torch would otherwise start one thread per host core in every trial: oversubscribed
     # CPUs slow each trial many times over when trials share a node.
@@ -152,8 +144,8 @@ class _DashboardGauges:
         self.epoch.set(metrics["epoch"], self.tags)
         self.stage.set(m.STAGE_VALUES[metrics["stage"]], self.tags)
         for t in TARGET_NAMES:
-            if f"ptbxl_val_mae_{t}" in metrics:
-                self.mae.set(metrics[f"ptbxl_val_mae_{t}"], {**self.tags, "target": t})
+            if MAE_KEY.format(t) in metrics:
+                self.mae.set(metrics[MAE_KEY.format(t)], {**self.tags, "target": t})
 
     def close(self) -> None:
         for gauge in vars(self).values():

@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 import pytest
 
-from ecgtune.trial_status import STATUSES, is_diverged
+from ecgtune.experiment import STATUSES, is_diverged
 
 OPTUNA_STATE = {
     "finished": optuna.trial.TrialState.COMPLETE,

@@ -185,7 +185,7 @@ def test_sweep_gauges_survive_tunes_pickling_and_count_states(recorded):
     assert restored.gauge is None and restored.counts["running"] == 1
     from types import SimpleNamespace
 
-    from ecgtune.trial_status import STATUSES
+    from ecgtune.experiment import STATUSES
 
     restored.on_trial_error(0, [], SimpleNamespace(last_result={}))
     values = {tags["state"]: v for v, tags in recorded[-1].values[-len(STATUSES) :]}

@@ -32,8 +32,8 @@ from grafana_board import load_board, panel_queries, substitute, variable_querie
 from test_jobs_and_metrics import RAY, kill_processes_under
 from test_sweep import stores, write_spec  # noqa: F401  (fixture reused)
 
+from ecgtune.experiment import STATUSES
 from ecgtune.metrics import STAGE_VALUES
-from ecgtune.trial_status import STATUSES
 
 PROMETHEUS = shutil.which("prometheus")
 pytestmark = [

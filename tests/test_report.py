@@ -8,8 +8,9 @@ Two experiments are read:
   so it is the expected output for the report's reading of the raw files.
 - `handmade`: written by `write_handmade_experiment` below, file by file in the layout Ray Tune 2.60
   writes (one directory per trial with `params.json`, `result.json` as JSON lines, `error.txt` as
-  Tune's `Trial.handle_error` appends it), with one trial of each kind and no `summary.json` /
-  `spec.yaml`, as while a sweep runs.
+  Tune's `Trial.handle_error` appends it), with one trial of each kind, running, and no `summary.json`
+  or `spec.yaml`: its spec is read from params.json, as for a sweep older than the driver's spec.yaml
+  written at the start.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ import pytest
 from synthetic import write_synthetic_store
 
 from ecgtune.cli import main
+from ecgtune.experiment import ExperimentError, error_headline, read_experiment
 from ecgtune.report import (
     REFERENCES,
-    ExperimentError,
-    error_headline,
     load_experiment,
     optuna_distribution,
     param_importances,
@@ -244,7 +244,7 @@ def test_stopped_trial_is_never_ranked_against_a_finished_one(handmade, handmade
 
 
 def test_running_sweep_is_read_as_running(handmade, handmade_report):
-    exp = load_experiment(handmade, baseline=False)
+    exp = read_experiment(handmade)
     assert not exp.ended and exp.spec is not None and exp.spec.name == "handmade"
     assert exp.params == ("finetune.lr", "model.num_blocks")
     assert exp.notes == []  # the cut-off last line of a running trial is no problem worth a note
@@ -258,7 +258,7 @@ def test_running_sweep_is_read_as_running(handmade, handmade_report):
 
 
 def test_baseline_from_the_fine_tuning_store(handmade, handmade_report):
-    store = Path(load_experiment(handmade, baseline=False).spec.data.finetune.path)
+    store = Path(read_experiment(handmade).spec.data.finetune.path)
     base = training_mean_baseline(store, TARGET_NAMES)
     labels = pd.read_csv(store / "labels.csv")
     train, val = labels[labels["split"] == "train"], labels[labels["split"] == "val"]
@@ -303,7 +303,7 @@ def test_fixed_experiments_report_each_variant_model(tmp_path):
         ]
     }
     (root / "summary.json").write_text(json.dumps(summary))
-    exp = load_experiment(root, baseline=False)
+    exp = read_experiment(root)
     t = exp.trials.set_index("trial_id")
     assert t["variant"].to_dict() == {"aaaa0001": "resnet", "bbbb0002": "fc_deepfake_only"}
     assert t["model"].to_dict() == {"aaaa0001": "resnet_tiny", "bbbb0002": "fc_tiny"}
@@ -337,7 +337,7 @@ def test_diverged_trial_has_its_own_status_and_is_never_ranked(tmp_path):
             lines[-1] = {k: v for k, v in lines[-1].items() if not k.startswith("ptbxl_val_")}
             lines[-1] |= {"diverged": True, "train_loss": float("nan")}
         (d / "result.json").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    exp = load_experiment(root, baseline=False)  # no summary.json: a running sweep
+    exp = read_experiment(root)  # no summary.json: a running sweep
     t = exp.trials.set_index("trial_id")
     assert t["status"].to_dict() == {"aaaa0001": "finished", "ffff0006": "diverged"}
     assert np.isnan(t.loc["ffff0006", "objective_last"]) and pd.isna(t.loc["ffff0006", "rank"])
@@ -349,7 +349,7 @@ def test_diverged_trial_has_its_own_status_and_is_never_ranked(tmp_path):
     (root / "summary.json").write_text(
         json.dumps({"trials": [{"trial_id": tid, "status": s} for tid, s in t["status"].items()]})
     )
-    assert load_experiment(root, baseline=False).trials["status"].tolist() == t["status"].tolist()
+    assert read_experiment(root).trials["status"].tolist() == t["status"].tolist()
 
 
 # =========================================================================== the real experiment
@@ -363,7 +363,7 @@ def fixture_report(tmp_path_factory) -> tuple[Path, list[str]]:
 
 
 def test_fixture_reads_as_the_driver_summarised_it():
-    exp = load_experiment(FIXTURE, baseline=False)
+    exp = read_experiment(FIXTURE)
     summary = json.loads((FIXTURE / "summary.json").read_text())
     assert exp.ended and exp.spec is not None and exp.spec.name == summary["sweep"]
     assert exp.max_epochs == summary["max_epochs"] == MAX_EPOCHS
@@ -390,15 +390,15 @@ def test_fixture_status_without_the_summary_matches(tmp_path):
     shutil.copytree(FIXTURE, copy)
     (copy / "summary.json").unlink()
     (copy / "spec.yaml").unlink()
-    exp = load_experiment(copy, baseline=False)
-    expected = load_experiment(FIXTURE, baseline=False)
+    exp = read_experiment(copy)
+    expected = read_experiment(FIXTURE)
     assert not exp.ended and exp.spec == expected.spec  # the spec comes from params.json
     pd.testing.assert_series_equal(exp.trials["status"], expected.trials["status"])
 
 
 def test_uri_and_plain_path_give_the_same_tables():
-    plain = load_experiment(FIXTURE, baseline=False)
-    uri = load_experiment(FIXTURE.resolve().as_uri(), baseline=False)
+    plain = read_experiment(FIXTURE)
+    uri = read_experiment(FIXTURE.resolve().as_uri())
     assert uri.path.startswith("file://")
     pd.testing.assert_frame_equal(plain.trials, uri.trials)
     pd.testing.assert_frame_equal(plain.history, uri.history)
@@ -453,7 +453,7 @@ def test_fixture_report_markdown(fixture_report):
 
 
 def test_importance_is_skipped_with_a_note_when_it_means_nothing():
-    exp = load_experiment(FIXTURE, baseline=False)
+    exp = read_experiment(FIXTURE)
     one = dataclasses.replace(exp, sampled=("finetune.lr",))
     assert param_importances(one) == ({}, ["importance: 1 searched parameter(s); fANOVA needs at least 2"])
     flat = dataclasses.replace(exp, trials=exp.trials.assign(objective_last=1.5))
@@ -491,15 +491,15 @@ def test_cli_report(handmade, tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no trial directories" in capsys.readouterr().err
     with pytest.raises(ExperimentError):
-        load_experiment(tmp_path / "empty")
+        read_experiment(tmp_path / "empty")
 
 
 def test_export_picks_the_best_full_fidelity_trial_and_round_trips(handmade, tmp_path):
-    from ecgtune.report import export_best, load_experiment
+    from ecgtune.report import export_best
     from ecgtune.spec import load_spec
 
     out, origin = export_best(FIXTURE, tmp_path / "best.yaml")
-    trials = load_experiment(FIXTURE, baseline=False).trials
+    trials = read_experiment(FIXTURE).trials
     full = trials[(trials["status"] == "finished") & trials["full_fidelity"]]
     assert origin["trial_id"] == full.sort_values("objective_last").iloc[0]["trial_id"]
     config = load_spec(out)  # the same schema validates it, with no reference back to the sweep
@@ -507,12 +507,12 @@ def test_export_picks_the_best_full_fidelity_trial_and_round_trips(handmade, tmp
     assert config.origin["trial_id"] == origin["trial_id"] and config.origin["experiment"] == str(FIXTURE)
     # The hand-made experiment's best low-fidelity value belongs to a stopped trial: never exported.
     _, origin = export_best(handmade, tmp_path / "handmade.yaml")
-    handmade_trials = load_experiment(handmade, baseline=False).trials.set_index("trial_id")
+    handmade_trials = read_experiment(handmade).trials.set_index("trial_id")
     assert handmade_trials.loc[origin["trial_id"], "status"] == "finished"
 
 
 def test_export_refuses_an_experiment_without_a_full_fidelity_trial(tmp_path):
-    from ecgtune.report import ExperimentError, export_best
+    from ecgtune.report import export_best
 
     exp = tmp_path / "exp"
     shutil.copytree(FIXTURE, exp)
@@ -522,3 +522,27 @@ def test_export_refuses_an_experiment_without_a_full_fidelity_trial(tmp_path):
     (exp / "summary.json").unlink()
     with pytest.raises(ExperimentError, match="no trial has trained every planned epoch"):
         export_best(exp, tmp_path / "best.yaml")
+
+
+def test_export_writes_the_spec_the_trial_trained_from_its_json_config(tmp_path):
+    from ecgtune.experiment import trial_spec
+    from ecgtune.report import export_best
+    from ecgtune.spec import load_spec
+
+    exp = tmp_path / "exp"
+    shutil.copytree(FIXTURE, exp)
+    spec = read_experiment(exp).spec
+    _, origin = export_best(exp, tmp_path / "best.yaml")
+    (best_dir,) = exp.glob(f"*trial_{origin['trial_id']}_*")
+    config = json.loads((best_dir / "params.json").read_text())
+    trained = trial_spec(spec, config)  # what ecgtune.trial.run_trial trained
+    exported = load_spec(tmp_path / "best.yaml")
+    assert exported.model_copy(update={"origin": None, "name": trained.name}) == trained
+    # The same values from summary.json where the trial directory lost its params.json (and Tune's
+    # result lines carry no config): the searcher's JSON, never table cells.
+    (best_dir / "params.json").unlink()
+    lines = [json.loads(x) for x in (best_dir / "result.json").read_text().splitlines()]
+    (best_dir / "result.json").write_text("".join(json.dumps({**x, "config": None}) + "\n" for x in lines))
+    export_best(exp, tmp_path / "again.yaml")
+    again = load_spec(tmp_path / "again.yaml")
+    assert again.model_copy(update={"origin": None, "name": trained.name}) == trained

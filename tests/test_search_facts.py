@@ -112,7 +112,7 @@ def test_tpe_learns_the_values_asha_judged_on_the_finetune_clock(stores, tmp_pat
 
 
 def test_diverged_trials_end_cleanly_fail_in_optuna_and_stay_out_of_asha_rungs(stores, tmp_path, local_ray):
-    from ecgtune.report import load_experiment
+    from ecgtune.experiment import read_experiment
     from ecgtune.search import format_summary
 
     # Each stage's learning rate is sensible (3 choices) or absurd (1): trials diverge in pretraining, in
@@ -158,5 +158,5 @@ def test_diverged_trials_end_cleanly_fail_in_optuna_and_stay_out_of_asha_rungs(s
     assert summary["best"] is None or summary["best"]["status"] == "finished"
     assert "diverged" in format_summary(summary)
     # The report, reading only the files, gives every trial the status the driver gave it.
-    report = load_experiment(tmp_path / "facts", baseline=False).trials.set_index("trial_id")["status"]
+    report = read_experiment(tmp_path / "facts").trials.set_index("trial_id")["status"]
     assert report.to_dict() == {tid: t["status"] for tid, t in trials.items()}

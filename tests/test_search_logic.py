@@ -12,8 +12,9 @@ import optuna
 import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from ecgtune.search import DivergenceAwareASHA, PruneAwareOptunaSearch, SweepGauges
-from ecgtune.trial_status import STATUSES, is_diverged, trial_status
+from ecgtune.experiment import STATUSES, is_diverged, trial_status
+from ecgtune.search import SweepGauges
+from ecgtune.searchers import DivergenceAwareASHA, PruneAwareOptunaSearch
 
 State = optuna.trial.TrialState
 NAN, INF = float("nan"), float("inf")

@@ -126,7 +126,7 @@ def _trials_with_results(experiment: Path) -> dict[str, int]:
 
 
 def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(stores, tmp_path):
-    from ecgtune.search import saved_searcher
+    from ecgtune.searchers import saved_searcher
 
     storage = tmp_path / "runs"
     spec_file = write_spec(tmp_path / "spec.yaml", stores, storage, num_samples=5)
@@ -154,6 +154,9 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(store
         driver.wait()
     before = _trials_with_results(experiment)
     finished_before = {name for name, n in before.items() if n >= MAX_EPOCHS}
+    # The killed sweep has no summary, but its spec.yaml (written at the start) for a report to read.
+    assert not (experiment / "summary.json").exists()
+    assert load_spec(experiment / "spec.yaml").name == "sweeptest"
 
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

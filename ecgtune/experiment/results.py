@@ -1,12 +1,13 @@
-"""A trial's status — finished / stopped / diverged / error / running — decided in one place.
+"""What a trial reports each epoch, and what its last report means: finished / stopped / diverged /
+error / running, decided in one place.
 
 The sweep summary (`ecgtune.search.summarize`), the dashboard series (`ecgtune.search.SweepGauges`),
-the searcher's verdict to Optuna (`ecgtune.search.PruneAwareOptunaSearch`) and the report read from
-the files (`ecgtune.report`) all call `trial_status`; each only gathers the facts it has (the last
+the console lines (`ecgtune.search.ProgressLines`), the searcher's verdict to Optuna
+(`ecgtune.searchers.PruneAwareOptunaSearch`) and the reader of an experiment directory
+(`ecgtune.experiment.reader`) all call `trial_status`; each only gathers the facts it has (the last
 result, whether the trial errored, whether it has ended).
 
-No Ray here, so the report can use it without Ray. The result keys are the ones
-`ecgtune.stages.TwoStageRun.step` reports.
+No Ray here. The result keys are the ones `ecgtune.stages.TwoStageRun.step` reports.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from collections.abc import Mapping
 from numbers import Real
 from typing import Any
 
-# Keys of one epoch's result (ecgtune.stages.TwoStageRun.step).
+# Keys of one epoch's result (ecgtune.stages.TwoStageRun.step). The objective is minimised.
 OBJECTIVE, EPOCH, TOTAL_EPOCHS = "objective", "epoch", "total_epochs"
+MODE = "min"
+# Per-target MAE on the PTB-XL validation fold, in the target's unit: MAE_KEY.format("hr").
+MAE_KEY = "ptbxl_val_mae_{}"
 # True on the epoch whose training loss or objective stopped being finite; that epoch's objective is NaN.
 DIVERGED = "diverged"
 
@@ -31,7 +35,7 @@ STATUS_MEANING = {
 }
 
 
-def _truthy(value: Any) -> bool:
+def truthy(value: Any) -> bool:
     """A flag as read from a result dict or a pandas row: absent, None or NaN (a column other rows
     have) is False."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -47,7 +51,7 @@ def is_diverged(result: Mapping[str, Any] | None) -> bool:
     """
     if not result:
         return False
-    if _truthy(result.get(DIVERGED)):
+    if truthy(result.get(DIVERGED)):
         return True
     value = result.get(OBJECTIVE)
     return isinstance(value, Real) and not isinstance(value, bool) and not math.isfinite(value)
@@ -68,8 +72,8 @@ def trial_status(
     last = last or {}
     if is_diverged(last):
         return "diverged"
-    epochs = _number(last.get(EPOCH)) or 0
-    planned = _number(last.get(TOTAL_EPOCHS)) or max_epochs
+    epochs = number(last.get(EPOCH)) or 0
+    planned = number(last.get(TOTAL_EPOCHS)) or max_epochs
     if planned and epochs >= planned:
         return "finished"
     if errored:
@@ -79,11 +83,12 @@ def trial_status(
 
 def finite_objective(result: Mapping[str, Any] | None) -> float | None:
     """The result's objective as a float, or None when it has none or it is not finite."""
-    value = _number((result or {}).get(OBJECTIVE))
+    value = number((result or {}).get(OBJECTIVE))
     return value if value is not None and math.isfinite(value) else None
 
 
-def _number(value: Any) -> float | None:
+def number(value: Any) -> float | None:
+    """A metric as a float; None for absent, None, NaN, a bool or a non-number."""
     if value is None or isinstance(value, bool):
         return None
     try:
@@ -96,11 +101,15 @@ def _number(value: Any) -> float | None:
 __all__ = [
     "DIVERGED",
     "EPOCH",
+    "MAE_KEY",
+    "MODE",
     "OBJECTIVE",
     "STATUSES",
     "STATUS_MEANING",
     "TOTAL_EPOCHS",
     "finite_objective",
     "is_diverged",
+    "number",
     "trial_status",
+    "truthy",
 ]
