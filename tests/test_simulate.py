@@ -28,7 +28,8 @@ from scipy.stats import spearmanr
 
 import ecgtune.data.simulated_ptbxl as simulated_ptbxl
 from ecgtune.cli import main
-from ecgtune.data.ptbxl import PTBXL_LEADS, convert_ptbxl, read_database, record_name, write_record
+from ecgtune.data.ptbxl import convert_ptbxl, read_database
+from ecgtune.data.ptbxl_format import PTBXL_LEADS, record_name
 from ecgtune.data.simulate import (
     DOWER,
     INVERSE_DOWER,
@@ -50,7 +51,6 @@ from ecgtune.data.simulated_ptbxl import (
     quantise_12,
     scp_codes,
     write_simulated_ptbxl,
-    write_wfdb16,
 )
 from ecgtune.targets import TARGET_NAMES, TARGETS
 
@@ -196,18 +196,6 @@ def test_noise_levels():
 
 
 # ------------------------------------------------------------------------------------------- tree
-
-
-def test_fast_writer_is_byte_identical_to_write_record(tmp_path):
-    rng = np.random.default_rng(0)
-    for fs, n in ((500, 5000), (100, 1000)):
-        uv = rng.integers(-3000, 3000, (12, n)).astype(np.int16)
-        ref = write_record(tmp_path / "wfdb", 1234, uv / 1000.0, fs=fs)  # wfdb.wrsamp
-        mine = tmp_path / "fast" / record_name(1234)
-        mine.parent.mkdir(parents=True, exist_ok=True)
-        write_wfdb16(mine, uv, fs)
-        for ext in (".hea", ".dat"):
-            assert mine.with_name(mine.name + ext).read_bytes() == ref.with_name(ref.name + ext).read_bytes()
 
 
 def test_quantised_records_keep_iii_equal_to_ii_minus_i(tmp_path):
