@@ -169,7 +169,7 @@ def test_scp_codes_follow_the_labels():
 
 def test_neurokit2_rank_agrees_with_every_label():
     """An independent delineator (the project's default neurokit2 labeller) ranks ECGs like the labels."""
-    from ecgtune.data.labels import NeuroKit2Labeller
+    from ecgtune.data.labellers import NeuroKit2Labeller
 
     x, labels = simulate_batch(100, np.random.default_rng(0), noise="realistic")
     labeller = NeuroKit2Labeller()
