@@ -1,5 +1,6 @@
-"""What both converters (`ecgtune.data.ptbxl`, `ecgtune.data.deepfake`) share: reading their
-records in chunks, in this process or in a pool of processes, with a skip reason per record.
+"""What both converters (`ecgtune.data.ptbxl`, `ecgtune.data.deepfake`) share: reading their label
+tables (CSV columns by name, numbers or empty cells) and reading their records in chunks, in this
+process or in a pool of processes, with a skip reason per record.
 
 A converter lists one item per database row: the path of a record to read, or a (reason, message)
 pair for a row skipped without opening anything (e.g. a path leading outside the dataset). Each
@@ -8,15 +9,53 @@ chunk comes back as (signals, status, infos) for `ecgtune.data.store.append_read
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from ecgtune.data.errors import RecordFormatError
+from ecgtune.data.errors import LabelFormatError, RecordFormatError
 from ecgtune.targets import LEADS, N_SAMPLES
+
+# Cells of a label table that mean "no value": missing, not malformed (compared stripped, lowercase).
+MISSING_TOKENS = frozenset({"", "nan", "na", "null", "none"})
+
+# --------------------------------------------------------------------------- label tables
+
+
+def csv_columns(path: str | os.PathLike) -> dict[str, Any]:
+    """A CSV's column names, stripped -> as written. Raises LabelFormatError naming `path` if it has
+    no readable header row."""
+    try:
+        header = pd.read_csv(path, nrows=0, encoding="utf-8-sig")
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise LabelFormatError(f"{path}: not a readable CSV with a header row ({e})") from None
+    return {str(c).strip(): c for c in header.columns}
+
+
+def read_csv_text(path: str | os.PathLike, columns: dict[str, Any], wanted: Sequence[str]) -> pd.DataFrame:
+    """The `wanted` columns (stripped names; `columns` from `csv_columns`) of the CSV at `path`, in
+    file order, every cell as text: nothing is turned into NaN or a number behind the reader's back."""
+    raw = pd.read_csv(
+        path, usecols=[columns[c] for c in wanted], dtype=str, keep_default_na=False, encoding="utf-8-sig"
+    )
+    return raw.rename(columns={columns[c]: c for c in wanted})
+
+
+def parse_numbers(cells: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(float64 values, NaN for a missing cell (`MISSING_TOKENS`); mask of cells that are neither a
+    number nor missing; the stripped text, for the reader's message naming the first such cell)."""
+    text = cells.astype(str).str.strip()
+    missing = cells.isna() | text.str.lower().isin(MISSING_TOKENS)
+    num = pd.to_numeric(text.where(~missing), errors="coerce")
+    return num.astype("float64"), num.isna() & ~missing, text
+
+
+# --------------------------------------------------------------------------- records in chunks
 
 Status = tuple[str, str] | None  # None: read; else (skip reason, message)
 # Reads one record: (8, 5000) signals and an info dict; FileNotFoundError or RecordFormatError if it cannot.

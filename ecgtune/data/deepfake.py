@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ecgtune.data.checks import check_no_flat_lead, drop_implausible, hr_from_rr
-from ecgtune.data.convert import read_chunks
+from ecgtune.data.convert import csv_columns, parse_numbers, read_chunks, read_csv_text
 from ecgtune.data.errors import LabelFormatError, RecordFormatError
 from ecgtune.data.store import (
     SPLITS,
@@ -159,25 +159,15 @@ def _read_ground_truth(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, pd.Da
     path = Path(csv_path)
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, "DeepFake ground-truth CSV not found", str(path))
-    try:
-        header = pd.read_csv(path, nrows=0, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise LabelFormatError(f"{path}: not a readable CSV with a header row ({e})") from None
-    names = {str(c).strip(): c for c in header.columns}
+    names = csv_columns(path)
     missing = [c for c in GROUND_TRUTH_COLUMNS if c not in names]
     if missing:
         raise LabelFormatError(
             f"{path}: missing column(s) {missing}; a DeepFake ground-truth CSV needs "
             f"{list(GROUND_TRUTH_COLUMNS)} (MUSE measurements, ms); "
-            f"found {[str(c) for c in header.columns][:30]}"
+            f"found {[str(c) for c in names.values()][:30]}"
         )
-    raw = pd.read_csv(
-        path,
-        usecols=[names[c] for c in GROUND_TRUTH_COLUMNS],
-        dtype=str,
-        keep_default_na=False,
-        encoding="utf-8-sig",
-    ).rename(columns={names[c]: c for c in GROUND_TRUTH_COLUMNS})
+    raw = read_csv_text(path, names, GROUND_TRUTH_COLUMNS)
 
     ids = raw["patid"].str.strip()
     if (ids == "").any():
@@ -191,16 +181,14 @@ def _read_ground_truth(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, pd.Da
 
     values = {}
     for c in ("avgrrinterval", "pr", "qrs", "qt"):
-        text = raw[c].str.strip()
-        num = pd.to_numeric(text.where(text != ""), errors="coerce")
-        bad = num.isna() & (text != "") & ~text.str.lower().isin(["nan", "na", "null", "none"])
+        num, bad, text = parse_numbers(raw[c])
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise LabelFormatError(
                 f"{path}: column {c!r} holds non-numeric {text.iloc[row]!r} in data row {row + 1} "
                 f"(patid {ids.iloc[row]}); expected milliseconds or an empty cell"
             )
-        values[c] = num.astype("float64")
+        values[c] = num
 
     hr, rr_nonpositive = hr_from_rr(values["avgrrinterval"])
     out = pd.DataFrame(

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ecgtune.data.checks import drop_implausible, hr_from_rr
-from ecgtune.data.convert import read_chunks
+from ecgtune.data.convert import csv_columns, parse_numbers, read_chunks, read_csv_text
 from ecgtune.data.errors import LabelFormatError
 from ecgtune.data.ptbxl_format import DATABASE_FILE, FEATURE_FILES, FEATURE_TABLES, ID_COLUMN
 from ecgtune.data.store import (
@@ -63,7 +63,6 @@ LABEL_ALGORITHMS: dict[str, str] = {
     "ecgdeli": "PTB-XL+ ecgdeli_features.csv (ECGdeli, KIT)",
     "unig": "PTB-XL+ unig_features.csv (University of Glasgow Uni-G)",
 }
-MISSING_TOKENS = frozenset({"", "nan", "na", "null", "none"})
 
 CHUNK_SIZE = 256  # records per StoreWriter.append
 OUTSIDE = "leads outside the PTB-XL folder; not opened"  # a database path's skip message
@@ -201,17 +200,14 @@ def _parse_scp(text: Any, path: Path, ecg_id: int) -> dict[str, float]:
 
 
 def _numeric(values: pd.Series, path: Path, column: str, ids: pd.Series) -> pd.Series:
-    text = values.astype(str).str.strip()
-    missing = values.isna() | text.str.lower().isin(MISSING_TOKENS)
-    num = pd.to_numeric(text.where(~missing), errors="coerce")
-    bad = num.isna() & ~missing
+    num, bad, text = parse_numbers(values)
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise LabelFormatError(
             f"{path}: column {column!r} holds non-numeric {text.iloc[row]!r} for ecg_id {ids.iloc[row]}; "
             "expected a number (ms, bpm) or an empty cell"
         )
-    return num.astype("float64")
+    return num
 
 
 def _read_features(path: str | os.PathLike, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -222,11 +218,7 @@ def _read_features(path: str | os.PathLike, source: str) -> tuple[pd.DataFrame, 
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, f"PTB-XL+ {FEATURE_FILES[source]} not found", str(path))
     table = FEATURE_TABLES[source]
-    try:
-        header = pd.read_csv(path, nrows=0, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise LabelFormatError(f"{path}: not a readable CSV with a header row ({e})") from None
-    names = {str(c).strip(): c for c in header.columns}
+    names = csv_columns(path)
     if ID_COLUMN not in names:
         raise LabelFormatError(
             f"{path}: no {ID_COLUMN!r} column; PTB-XL+ feature tables carry it by name (12sl_features.csv "
@@ -241,9 +233,7 @@ def _read_features(path: str | os.PathLike, source: str) -> tuple[pd.DataFrame, 
     if absent:
         raise LabelFormatError(f"{path}: missing column(s) {absent} of the PTB-XL+ {source} table {table}")
     wanted = [ID_COLUMN, *needed, *(c for c in (hr_col, rr_col) if c)]
-    raw = pd.read_csv(
-        path, usecols=[names[c] for c in wanted], dtype=str, keep_default_na=False, encoding="utf-8-sig"
-    ).rename(columns={names[c]: c for c in wanted})
+    raw = read_csv_text(path, names, wanted)
     ids = _integral(raw[ID_COLUMN], path, ID_COLUMN)
     dup = ids[ids.duplicated()]
     if len(dup):
