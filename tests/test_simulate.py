@@ -58,7 +58,7 @@ L_I, L_II, L_III, L_AVR, L_AVL, L_AVF = range(6)  # rows of the 12 PTB-XL leads
 EIGHT = [0, 1, 6, 7, 8, 9, 10, 11]  # I, II, V1-V6 among the 12 PTB-XL leads
 # Spearman of NeuroKit2Labeller vs the labels, 100 "realistic" ECGs, seeds 0-5 (min-max): HR 0.94-1.00,
 # PR 0.75-0.90, QRS 0.33-0.57, QT 0.79-0.87. QRS is low because the prominence delineator cannot
-# see past ~100 ms (labels.py); a 20 uV threshold on the noise-free signal ranks QRS at 0.99.
+# see past ~100 ms (ecgtune.data.labellers); a 20 uV threshold on the noise-free signal ranks QRS at 0.99.
 NK_THRESHOLDS = {"hr": 0.8, "pr": 0.6, "qrs": 0.25, "qt": 0.6}
 
 

@@ -50,6 +50,15 @@ def drop_implausible(labels: pd.DataFrame) -> pd.DataFrame:
     return bad
 
 
+def label_counts(labels: pd.DataFrame, dropped: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per target: "missing" values of `labels` (NaN, the dropped ones included) and "implausible"
+    ones (`dropped`, the mask `drop_implausible` returned)."""
+    return {
+        "missing": {t: int(labels[t].isna().sum()) for t in TARGET_NAMES},
+        "implausible": {t: int(dropped[t].sum()) for t in TARGET_NAMES},
+    }
+
+
 def hr_from_rr(rr_ms: pd.Series) -> tuple[pd.Series, pd.Series]:
     """(hr bpm = 60000 / RR, mask of RRs <= 0): an RR of zero or less gives no HR (NaN) and counts as
     an implausible HR, not a missing one."""

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ecgtune.data.checks import check_no_flat_lead, drop_implausible, hr_from_rr
+from ecgtune.data.checks import check_no_flat_lead, drop_implausible, hr_from_rr, label_counts
 from ecgtune.data.convert import csv_columns, parse_numbers, read_chunks, read_csv_text
 from ecgtune.data.errors import LabelFormatError, RecordFormatError
 from ecgtune.data.store import (
@@ -220,9 +220,7 @@ def read_ground_truth(csv_path: str | os.PathLike) -> pd.DataFrame:
     a patid is empty or repeated, or a measurement is not a number.
     """
     out, implausible = _read_ground_truth(csv_path)
-    out.attrs["source"] = str(csv_path)
-    out.attrs["implausible"] = {t: int(implausible[t].sum()) for t in TARGET_NAMES}
-    out.attrs["missing"] = {t: int(out[t].isna().sum()) for t in TARGET_NAMES}
+    out.attrs.update(source=str(csv_path), **label_counts(out, implausible))
     return out
 
 
@@ -430,9 +428,10 @@ def convert_deepfake(
             signals = ((signals, status) for signals, status, _ in chunks)
             kept = append_readable(w, signals, rows, store_cols, tally, source=root)
             stored = rows[kept]
+            counts = label_counts(stored, implausible[kept])
             w.provenance["labels"] = {
-                "missing": {t: int(stored[t].isna().sum()) for t in TARGET_NAMES},
-                "implausible_set_to_nan": {t: int(implausible.loc[kept, t].sum()) for t in TARGET_NAMES},
+                "missing": counts["missing"],
+                "implausible_set_to_nan": counts["implausible"],
             }
             w.provenance["elapsed_s"] = round(time.time() - t0, 1)
         return w.store

@@ -9,6 +9,9 @@ separate download whose `features/*_features.csv` hold the interval
 measurements of three algorithms (GE 12SL, Uni-G, ECGdeli), keyed by
 `ecg_id`.
 
+Records are read by `ecgtune.data.wfdb_record` (the reader prediction uses too), in chunks
+(`ecgtune.data.convert`); the format's writers are in `ecgtune.data.ptbxl_format`.
+
 Splits follow the PTB-XL benchmark protocol: `strat_fold` 1-8 train, 9
 validation, 10 test (`split_for_fold`). PTB-XL assigns all ECGs of a patient
 to one fold, so the split is patient-wise by construction (and checked).
@@ -27,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ecgtune.data.checks import drop_implausible, hr_from_rr
+from ecgtune.data.checks import drop_implausible, hr_from_rr, label_counts
 from ecgtune.data.convert import csv_columns, parse_numbers, read_chunks, read_csv_text
 from ecgtune.data.errors import LabelFormatError
 from ecgtune.data.ptbxl_format import DATABASE_FILE, FEATURE_FILES, FEATURE_TABLES, ID_COLUMN
@@ -66,7 +69,8 @@ LABEL_ALGORITHMS: dict[str, str] = {
 
 CHUNK_SIZE = 256  # records per StoreWriter.append
 OUTSIDE = "leads outside the PTB-XL folder; not opened"  # a database path's skip message
-# Why a database row's record was skipped (RecordFormatError.reason; ecgtune.data.wfdb_header).
+# Why a database row's record was skipped (RecordFormatError.reason: ecgtune.data.wfdb_header,
+# wfdb_record and checks).
 SKIP_REASONS: tuple[str, ...] = (
     "missing_record", "path_outside_root", "malformed_record", "malformed_header", "header_incomplete",
     "header_names_other_record", "unsupported_record", "invalid_gain", "duplicate_lead", "flat_lead",
@@ -271,9 +275,7 @@ def read_features(path: str | os.PathLike, source: str) -> pd.DataFrame:
     absent, ids repeat or are not integers, or a value is not a number.
     """
     out, implausible = _read_features(path, source)
-    out.attrs["source"] = str(path)
-    out.attrs["implausible"] = {t: int(implausible[t].sum()) for t in TARGET_NAMES}
-    out.attrs["missing"] = {t: int(out[t].isna().sum()) for t in TARGET_NAMES}
+    out.attrs.update(source=str(path), **label_counts(out, implausible))
     return out
 
 
@@ -382,7 +384,7 @@ def convert_ptbxl(
         )
     rows = rows.merge(feats, on="ecg_id", how="left", validate="one_to_one", indicator=True)
     has_features = (rows.pop("_merge") == "both").to_numpy()
-    flags = implausible.set_index("ecg_id").reindex(rows["ecg_id"], fill_value=False).to_numpy(dtype=bool)
+    flags = implausible.set_index("ecg_id").reindex(rows["ecg_id"], fill_value=False).reset_index(drop=True)
     rows["record_id"] = rows["ecg_id"].astype(str)
     # A path from the database is used only if it stays inside the PTB-XL root (ecgtune.paths).
     rows["path"] = [_record_path(root, f) for f in rows["filename_hr"]]
@@ -455,10 +457,11 @@ def convert_ptbxl(
                 "not_normal": n_not_normal if normal_only else 0,
                 "selected": len(rows),
             }
+            counts = label_counts(stored, flags[kept])
             w.provenance["labels"] = {
                 "no_features_row": int((~has_features[kept]).sum()),
-                "missing": {t: int(stored[t].isna().sum()) for t in TARGET_NAMES},
-                "implausible_set_to_nan": {t: int(flags[kept, j].sum()) for j, t in enumerate(TARGET_NAMES)},
+                "missing": counts["missing"],
+                "implausible_set_to_nan": counts["implausible"],
             }
             w.provenance["signals"] = {"resampled_to_500hz": resampled, "cut_to_first_10s": truncated}
             floor = _simulated_floor(root, label_source)
