@@ -203,7 +203,7 @@ def write_ptbxl(root: Path, signals: np.ndarray, seed: int) -> float:
     """PTB-XL 1.0.3 layout with PTB-XL+ 12SL features; returns seconds taken."""
     import pandas as pd
 
-    from ecgtune.data.ptbxl import write_database, write_features, write_record
+    from ecgtune.data.ptbxl_format import write_database, write_features, write_record
 
     t0 = time.perf_counter()
     n = len(signals)
@@ -281,7 +281,7 @@ def bench_reads(args, tmp: Path, signals: np.ndarray, ptbxl_root: Path) -> tuple
     import wfdb
 
     from ecgtune.data.deepfake import write_asc
-    from ecgtune.data.ptbxl import PTBXL_LEADS, record_name
+    from ecgtune.data.ptbxl_format import PTBXL_LEADS, record_name
     from ecgtune.data.store import ECGStore, StoreWriter
     from ecgtune.targets import LEADS
 

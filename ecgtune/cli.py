@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ecgtune {args.verb}: error: {e}", file=sys.stderr)
         return 2
     except ImportError as e:
-        from ecgtune.data.labels import LabellerNotInstalledError
+        from ecgtune.data.labellers import LabellerNotInstalledError
 
         if not isinstance(e, LabellerNotInstalledError):
             raise  # a broken installation: the traceback says which module

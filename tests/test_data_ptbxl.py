@@ -1,9 +1,12 @@
-"""Tests of ecgtune.data.ptbxl: PTB-XL 1.0.3 records + PTB-XL+ 1.0.1 labels as published.
+"""Tests of ecgtune.data.ptbxl (PTB-XL 1.0.3 records + PTB-XL+ 1.0.1 labels as published), of the
+WFDB record reader it shares with prediction (ecgtune.data.wfdb_record) and of the format's writers
+(ecgtune.data.ptbxl_format).
 
 Fixtures and how each is made:
 
-* WFDB records: `write_record` (wfdb.wrsamp, format 16, adc_gain 1000/mV,
-  baseline 0, units mV, signals I, II, III, AVR, AVL, AVF, V1-V6) at
+* WFDB records: `write_record` (format 16, adc_gain 1000/mV, baseline 0, units
+  mV, signals I, II, III, AVR, AVL, AVF, V1-V6; byte for byte what wfdb.wrsamp
+  writes, checked below against wfdb.wrsamp itself) at
   `records500/<group>/<ecg_id>_hr.{hea,dat}`; signals are seeded sums of sines
   in mV. Broken variants are made from them by truncating the .dat, rewriting
   the .hea, or flipping bytes.
@@ -29,21 +32,19 @@ import wfdb
 
 import ecgtune.data.ptbxl as ptbxl
 from ecgtune.data.errors import LabelFormatError, RecordFormatError
-from ecgtune.data.ptbxl import (
+from ecgtune.data.ptbxl import convert_ptbxl, is_normal, read_database, read_features, split_for_fold
+from ecgtune.data.ptbxl_format import (
     DATABASE_COLUMNS,
     PTBXL_LEADS,
-    convert_ptbxl,
-    is_normal,
-    read_database,
-    read_features,
-    read_record,
     record_name,
-    split_for_fold,
     write_database,
     write_features,
     write_record,
+    write_wfdb16,
 )
 from ecgtune.data.store import ECGStore
+from ecgtune.data.wfdb_record import read_record
+from ecgtune.predict import read_windows
 from ecgtune.targets import LEADS, N_SAMPLES
 
 PHYSIONET = Path(__file__).resolve().parent / "fixtures" / "physionet"
@@ -261,6 +262,55 @@ def test_write_record_uses_the_ptbxl_layout_and_header(tmp_path):
         assert fields[2].startswith("1000") and fields[2].endswith("/mV")
         assert fields[4] == "0"  # ADC zero
     assert base.with_name("12345_hr.dat").stat().st_size == 5000 * 12 * 2
+
+
+def test_write_record_is_byte_identical_to_wfdb_wrsamp(tmp_path):
+    """The one writer (`write_wfdb16`, behind `write_record`) against wfdb.wrsamp itself: fractional
+    microvolts (rounded), a NaN (the invalid marker -32768, also as a first sample) and other rates."""
+    rng = np.random.default_rng(0)
+    for fs, n in ((500, 5000), (100, 1000), (360, 3600), (1000, 10000)):
+        mv = rng.uniform(-3, 3, (12, n))
+        mv[7, 10] = mv[2, 0] = np.nan
+        mine = write_record(tmp_path / "mine", 1234, mv, fs=fs)
+        ref = tmp_path / "wfdb" / str(fs) / mine.name
+        ref.parent.mkdir(parents=True)
+        wfdb.wrsamp(ref.name, fs=fs, units=["mV"] * 12, sig_name=list(PTBXL_LEADS), p_signal=mv.T.copy(),
+                    fmt=["16"] * 12, adc_gain=[1000.0] * 12, baseline=[0] * 12,
+                    write_dir=str(ref.parent))  # fmt: skip
+        for ext in (".hea", ".dat"):
+            assert mine.with_name(mine.name + ext).read_bytes() == ref.with_name(ref.name + ext).read_bytes()
+        uv = rng.integers(-3000, 3000, (12, n)).astype(np.int16)  # the simulator's entry point
+        write_wfdb16(mine, uv, fs)
+        np.testing.assert_array_equal(wfdb.rdrecord(str(mine), physical=False).d_signal.T, uv)
+
+
+def test_prediction_reads_a_record_as_the_converter_does(tmp_path):
+    """One reader: predict's windows are the converter's samples. At 500 Hz the first window is
+    the converter's 10 s exactly. Resampled, the converter filters the first 10.2 s and predict the
+    whole record; the filter's linear edge padding reaches the first samples by ~0.01 µV, a
+    hundredth of the store's 1 µV step (tolerance 0.1 µV)."""
+    for ecg_id, fs, seconds in [(1, 500, 23), (2, 1000, 21), (3, 360, 10)]:
+        base = write_record(tmp_path, ecg_id, signals_12(ecg_id, n=fs * seconds, fs=fs), fs=fs)
+        converted, _ = read_record(base)
+        windows = read_windows(base)
+        assert windows.shape == (seconds // 10, 8, N_SAMPLES) and windows.dtype == np.float32
+        if fs == 500:
+            np.testing.assert_array_equal(windows[0], converted)
+            whole, _ = read_record(base, whole=True)
+            np.testing.assert_array_equal(windows[1], whole[:, N_SAMPLES : 2 * N_SAMPLES])
+        else:
+            np.testing.assert_allclose(windows[0], converted, rtol=0, atol=1e-4)
+
+
+def test_prediction_refuses_what_the_converter_refuses(tmp_path):
+    base = write_record(tmp_path, 1, signals_12(0))
+    dat = base.with_name("00001_hr.dat")
+    raw = bytearray(dat.read_bytes())
+    raw[2 * (12 * 100 + 6)] ^= 0x40  # sample 100 of V1
+    dat.write_bytes(bytes(raw))
+    for read in (read_record, read_windows):
+        with pytest.raises(RecordFormatError, match=r"checksum mismatch in lead\(s\) \['V1'\]"):
+            read(base)
 
 
 def test_write_then_read_record_within_one_microvolt(tmp_path):

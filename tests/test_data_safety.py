@@ -20,8 +20,10 @@ from test_data_ptbxl import SPECS, database_rows, feature_labels, signals_12
 from ecgtune.cli import main
 from ecgtune.data.deepfake import GROUND_TRUTH_FILE, convert_deepfake, write_asc
 from ecgtune.data.errors import RecordFormatError
-from ecgtune.data.ptbxl import convert_ptbxl, read_record, write_database, write_features, write_record
+from ecgtune.data.ptbxl import convert_ptbxl
+from ecgtune.data.ptbxl_format import write_database, write_features, write_record
 from ecgtune.data.store import ECGStore, StoreWriter
+from ecgtune.data.wfdb_record import read_record
 from ecgtune.paths import OutputPathError, claim_output_dir, inside_root
 from ecgtune.report import export_best, report_experiment
 

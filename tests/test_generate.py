@@ -14,7 +14,7 @@ from ecgtune.data.generate import (
     generate_ecgs,
     load_generator,
 )
-from ecgtune.data.labels import Labeller
+from ecgtune.data.labellers import Labeller
 from ecgtune.data.store import ECGStore
 from ecgtune.targets import LEADS, N_SAMPLES, TARGET_NAMES
 

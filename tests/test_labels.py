@@ -8,15 +8,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ecgtune.data import labels as labels_mod
-from ecgtune.data.labels import (
+from ecgtune.data import labellers as labellers_mod
+from ecgtune.data.labellers import (
     LABELLERS,
     LabelError,
     Labeller,
     LabellerNotInstalledError,
     get_labeller,
-    label_ecgs,
 )
+from ecgtune.data.labels import label_ecgs
 from ecgtune.targets import LEADS, N_SAMPLES, SAMPLING_RATE_HZ, TARGET_NAMES, TARGETS
 
 
@@ -174,7 +174,7 @@ def test_ecgdeli_missing_gives_licence_and_install_hint(monkeypatch):
             raise ImportError("No module named 'ecgdeli'")
         return real(name, *a, **k)
 
-    monkeypatch.setattr(labels_mod.importlib, "import_module", fake_import)
+    monkeypatch.setattr(labellers_mod.importlib, "import_module", fake_import)
     with pytest.raises(LabellerNotInstalledError, match="GPL") as e:
         get_labeller("ecgdeli")
     assert "ecgtune[ecgdeli]" in str(e.value)

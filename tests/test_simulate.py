@@ -28,7 +28,8 @@ from scipy.stats import spearmanr
 
 import ecgtune.data.simulated_ptbxl as simulated_ptbxl
 from ecgtune.cli import main
-from ecgtune.data.ptbxl import PTBXL_LEADS, convert_ptbxl, read_database, record_name, write_record
+from ecgtune.data.ptbxl import convert_ptbxl, read_database
+from ecgtune.data.ptbxl_format import PTBXL_LEADS, record_name
 from ecgtune.data.simulate import (
     DOWER,
     INVERSE_DOWER,
@@ -50,7 +51,6 @@ from ecgtune.data.simulated_ptbxl import (
     quantise_12,
     scp_codes,
     write_simulated_ptbxl,
-    write_wfdb16,
 )
 from ecgtune.targets import TARGET_NAMES, TARGETS
 
@@ -58,7 +58,7 @@ L_I, L_II, L_III, L_AVR, L_AVL, L_AVF = range(6)  # rows of the 12 PTB-XL leads
 EIGHT = [0, 1, 6, 7, 8, 9, 10, 11]  # I, II, V1-V6 among the 12 PTB-XL leads
 # Spearman of NeuroKit2Labeller vs the labels, 100 "realistic" ECGs, seeds 0-5 (min-max): HR 0.94-1.00,
 # PR 0.75-0.90, QRS 0.33-0.57, QT 0.79-0.87. QRS is low because the prominence delineator cannot
-# see past ~100 ms (labels.py); a 20 uV threshold on the noise-free signal ranks QRS at 0.99.
+# see past ~100 ms (ecgtune.data.labellers); a 20 uV threshold on the noise-free signal ranks QRS at 0.99.
 NK_THRESHOLDS = {"hr": 0.8, "pr": 0.6, "qrs": 0.25, "qt": 0.6}
 
 
@@ -169,7 +169,7 @@ def test_scp_codes_follow_the_labels():
 
 def test_neurokit2_rank_agrees_with_every_label():
     """An independent delineator (the project's default neurokit2 labeller) ranks ECGs like the labels."""
-    from ecgtune.data.labels import NeuroKit2Labeller
+    from ecgtune.data.labellers import NeuroKit2Labeller
 
     x, labels = simulate_batch(100, np.random.default_rng(0), noise="realistic")
     labeller = NeuroKit2Labeller()
@@ -196,18 +196,6 @@ def test_noise_levels():
 
 
 # ------------------------------------------------------------------------------------------- tree
-
-
-def test_fast_writer_is_byte_identical_to_write_record(tmp_path):
-    rng = np.random.default_rng(0)
-    for fs, n in ((500, 5000), (100, 1000)):
-        uv = rng.integers(-3000, 3000, (12, n)).astype(np.int16)
-        ref = write_record(tmp_path / "wfdb", 1234, uv / 1000.0, fs=fs)  # wfdb.wrsamp
-        mine = tmp_path / "fast" / record_name(1234)
-        mine.parent.mkdir(parents=True, exist_ok=True)
-        write_wfdb16(mine, uv, fs)
-        for ext in (".hea", ".dat"):
-            assert mine.with_name(mine.name + ext).read_bytes() == ref.with_name(ref.name + ext).read_bytes()
 
 
 def test_quantised_records_keep_iii_equal_to_ii_minus_i(tmp_path):

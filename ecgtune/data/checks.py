@@ -1,11 +1,13 @@
-"""Signal rules every reader applies to the 10 s it keeps, whatever the format."""
+"""Rules every reader applies, whatever the format: to signals (no flat lead in the 10 s kept) and
+to labels (values outside `TARGETS[t].plausible` are dropped, with a count)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from ecgtune.data.errors import RecordFormatError
-from ecgtune.targets import LEADS
+from ecgtune.targets import LEADS, TARGET_NAMES, TARGETS
 
 # A lead whose 10 s span less than this is a lead-off or a dead channel, not an ECG: the smallest
 # QRS complexes of real limb leads are ~0.1 mV, and a recording's noise alone moves a few µV.
@@ -25,3 +27,39 @@ def check_no_flat_lead(signals_mv: np.ndarray, where: object) -> None:
             "(a lead-off or dead channel); expected a recorded ECG in every lead",
             reason="flat_lead",
         )
+
+
+def implausible(labels: pd.DataFrame) -> pd.DataFrame:
+    """Which label values lie outside `TARGETS[t].plausible`: a bool frame (labels' index, columns
+    `TARGET_NAMES`). `labels` holds float columns hr (bpm), pr, qrs, qt (ms); NaN (missing) is never
+    implausible, ±inf always is."""
+    bad = {}
+    for t in TARGET_NAMES:
+        lo, hi = TARGETS[t].plausible
+        v = labels[t]
+        bad[t] = (v.notna() & ((v < lo) | (v > hi))).to_numpy()
+    return pd.DataFrame(bad, index=labels.index)
+
+
+def drop_implausible(labels: pd.DataFrame) -> pd.DataFrame:
+    """Set each implausible value (`implausible`) of `labels` to NaN, in place; return the mask of
+    values dropped, for the reader's count."""
+    bad = implausible(labels)
+    for t in TARGET_NAMES:
+        labels.loc[bad[t].to_numpy(), t] = np.nan
+    return bad
+
+
+def label_counts(labels: pd.DataFrame, dropped: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Per target: "missing" values of `labels` (NaN, the dropped ones included) and "implausible"
+    ones (`dropped`, the mask `drop_implausible` returned)."""
+    return {
+        "missing": {t: int(labels[t].isna().sum()) for t in TARGET_NAMES},
+        "implausible": {t: int(dropped[t].sum()) for t in TARGET_NAMES},
+    }
+
+
+def hr_from_rr(rr_ms: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """(hr bpm = 60000 / RR, mask of RRs <= 0): an RR of zero or less gives no HR (NaN) and counts as
+    an implausible HR, not a missing one."""
+    return 60000.0 / rr_ms.where(rr_ms > 0), rr_ms.notna() & (rr_ms <= 0)

@@ -31,15 +31,15 @@ import errno
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ecgtune.data.checks import check_no_flat_lead
+from ecgtune.data.checks import check_no_flat_lead, drop_implausible, hr_from_rr, label_counts
+from ecgtune.data.convert import csv_columns, parse_numbers, read_chunks, read_csv_text
 from ecgtune.data.errors import LabelFormatError, RecordFormatError
 from ecgtune.data.store import (
     SPLITS,
@@ -54,7 +54,7 @@ from ecgtune.data.store import (
     open_or_build,
 )
 from ecgtune.paths import inside_root
-from ecgtune.targets import LEADS, MICROVOLTS_PER_MILLIVOLT, N_SAMPLES, TARGET_NAMES, TARGETS
+from ecgtune.targets import LEADS, MICROVOLTS_PER_MILLIVOLT, N_SAMPLES, TARGET_NAMES
 
 SOURCE = "deepfake-published"
 LABEL_ALGORITHM = "GE MUSE 12SL (published ground truth)"
@@ -76,9 +76,9 @@ CHUNK_SIZE = 512  # ECGs per StoreWriter.append: 512 x 8 x 5000 int16 = 41 MB
 SKIP_REASONS: tuple[str, ...] = (
     "missing_asc", "malformed_asc", "flat_lead", "path_outside_root", "asc_without_labels",
 )  # fmt: skip
-# Marks a patid that would name a file outside the folder of signals: skipped without being opened.
-OUTSIDE = "\0outside:"
+MALFORMED = "malformed_asc"  # RecordFormatError.reason of a file read_asc cannot use
 MAX_SKIP_EXAMPLES = 5
+OUTSIDE = "names a file outside it; not opened"  # a patid's skip message
 
 
 # --------------------------------------------------------------------------- .asc files
@@ -92,8 +92,9 @@ def read_asc(path: str | os.PathLike) -> np.ndarray:
     8 whitespace-separated integers.
 
     Raises FileNotFoundError if the file does not exist, and RecordFormatError
-    (a ValueError) naming the file if it is empty, is not all integers, has
-    another row or column count, or holds values outside int16.
+    (a ValueError) naming the file: reason "malformed_asc" if it is empty, is
+    not all integers, has another row or column count, or holds values outside
+    int16; "flat_lead" for a lead that barely moves (`check_no_flat_lead`).
     """
     path = Path(path)
     try:
@@ -105,22 +106,25 @@ def read_asc(path: str | os.PathLike) -> np.ndarray:
         raise FileNotFoundError(errno.ENOENT, "DeepFake .asc file not found", str(path)) from None
     except UserWarning:
         raise RecordFormatError(
-            f"{path}: file is empty; expected {N_SAMPLES} rows x {len(LEADS)} integer columns (µV)"
+            f"{path}: file is empty; expected {N_SAMPLES} rows x {len(LEADS)} integer columns (µV)", MALFORMED
         ) from None
     except ValueError as e:  # includes UnicodeDecodeError
         raise RecordFormatError(
             f"{path}: expected {N_SAMPLES} rows of {len(LEADS)} whitespace-separated integers "
-            f"(µV, leads {', '.join(LEADS)}); numpy could not parse it: {e}"
+            f"(µV, leads {', '.join(LEADS)}); numpy could not parse it: {e}",
+            MALFORMED,
         ) from None
     if data.shape != (N_SAMPLES, len(LEADS)):
         raise RecordFormatError(
             f"{path}: {data.shape[0]} rows x {data.shape[1]} columns; expected {N_SAMPLES} rows "
-            f"(10 s at 500 Hz) x {len(LEADS)} columns (leads {', '.join(LEADS)})"
+            f"(10 s at 500 Hz) x {len(LEADS)} columns (leads {', '.join(LEADS)})",
+            MALFORMED,
         )
     lo, hi = int(data.min()), int(data.max())
     if lo < INT16_MIN or hi > INT16_MAX:
         raise RecordFormatError(
-            f"{path}: values span {lo}..{hi} µV; expected int16 microvolts ({INT16_MIN}..{INT16_MAX})"
+            f"{path}: values span {lo}..{hi} µV; expected int16 microvolts ({INT16_MIN}..{INT16_MAX})",
+            MALFORMED,
         )
     signals = np.ascontiguousarray(data.T, dtype=np.int16)  # (5000, 8) -> (8, 5000)
     check_no_flat_lead(signals / MICROVOLTS_PER_MILLIVOLT, path)
@@ -155,25 +159,15 @@ def _read_ground_truth(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, pd.Da
     path = Path(csv_path)
     if not path.is_file():
         raise FileNotFoundError(errno.ENOENT, "DeepFake ground-truth CSV not found", str(path))
-    try:
-        header = pd.read_csv(path, nrows=0, encoding="utf-8-sig")
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise LabelFormatError(f"{path}: not a readable CSV with a header row ({e})") from None
-    names = {str(c).strip(): c for c in header.columns}
+    names = csv_columns(path)
     missing = [c for c in GROUND_TRUTH_COLUMNS if c not in names]
     if missing:
         raise LabelFormatError(
             f"{path}: missing column(s) {missing}; a DeepFake ground-truth CSV needs "
             f"{list(GROUND_TRUTH_COLUMNS)} (MUSE measurements, ms); "
-            f"found {[str(c) for c in header.columns][:30]}"
+            f"found {[str(c) for c in names.values()][:30]}"
         )
-    raw = pd.read_csv(
-        path,
-        usecols=[names[c] for c in GROUND_TRUTH_COLUMNS],
-        dtype=str,
-        keep_default_na=False,
-        encoding="utf-8-sig",
-    ).rename(columns={names[c]: c for c in GROUND_TRUTH_COLUMNS})
+    raw = read_csv_text(path, names, GROUND_TRUTH_COLUMNS)
 
     ids = raw["patid"].str.strip()
     if (ids == "").any():
@@ -187,36 +181,28 @@ def _read_ground_truth(csv_path: str | os.PathLike) -> tuple[pd.DataFrame, pd.Da
 
     values = {}
     for c in ("avgrrinterval", "pr", "qrs", "qt"):
-        text = raw[c].str.strip()
-        num = pd.to_numeric(text.where(text != ""), errors="coerce")
-        bad = num.isna() & (text != "") & ~text.str.lower().isin(["nan", "na", "null", "none"])
+        num, bad, text = parse_numbers(raw[c])
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise LabelFormatError(
                 f"{path}: column {c!r} holds non-numeric {text.iloc[row]!r} in data row {row + 1} "
                 f"(patid {ids.iloc[row]}); expected milliseconds or an empty cell"
             )
-        values[c] = num.astype("float64")
+        values[c] = num
 
-    rr = values["avgrrinterval"]
+    hr, rr_nonpositive = hr_from_rr(values["avgrrinterval"])
     out = pd.DataFrame(
         {
             "record_id": ids.to_numpy(),
             "patient_id": ids.to_numpy(),  # synthetic ECGs belong to nobody: each is its own patient
-            "hr": (60000.0 / rr.where(rr > 0)).to_numpy(),
+            "hr": hr.to_numpy(),
             "pr": values["pr"].to_numpy(),
             "qrs": values["qrs"].to_numpy(),
             "qt": values["qt"].to_numpy(),
         }
     )
-    implausible = pd.DataFrame({t: np.zeros(len(out), bool) for t in TARGET_NAMES})
-    implausible["hr"] |= (rr.notna() & (rr <= 0)).to_numpy()
-    for t in TARGET_NAMES:
-        lo, hi = TARGETS[t].plausible
-        v = out[t]
-        bad = v.notna() & ((v < lo) | (v > hi))
-        implausible[t] |= bad.to_numpy()
-        out.loc[bad, t] = np.nan
+    implausible = drop_implausible(out)
+    implausible["hr"] |= rr_nonpositive.to_numpy()
     return out, implausible
 
 
@@ -234,9 +220,7 @@ def read_ground_truth(csv_path: str | os.PathLike) -> pd.DataFrame:
     a patid is empty or repeated, or a measurement is not a number.
     """
     out, implausible = _read_ground_truth(csv_path)
-    out.attrs["source"] = str(csv_path)
-    out.attrs["implausible"] = {t: int(implausible[t].sum()) for t in TARGET_NAMES}
-    out.attrs["missing"] = {t: int(out[t].isna().sum()) for t in TARGET_NAMES}
+    out.attrs.update(source=str(csv_path), **label_counts(out, implausible))
     return out
 
 
@@ -334,37 +318,9 @@ def _find_asc_dir(root: Path, ids: Sequence[str], csv: Path) -> Path:
 # --------------------------------------------------------------------------- conversion
 
 
-def _read_chunk(paths: Sequence[str]) -> tuple[np.ndarray, list[tuple[str, str] | None]]:
-    """Read .asc files into (n, 8, 5000) int16; per file None or (skip reason, message)."""
-    out = np.zeros((len(paths), len(LEADS), N_SAMPLES), dtype=np.int16)
-    status: list[tuple[str, str] | None] = []
-    for i, p in enumerate(paths):
-        if p.startswith(OUTSIDE):
-            status.append(("path_outside_root", f"{p[len(OUTSIDE) :]} names a file outside it; not opened"))
-            continue
-        try:
-            out[i] = read_asc(p)
-            status.append(None)
-        except FileNotFoundError as e:
-            status.append(("missing_asc", str(e)))
-        except RecordFormatError as e:
-            status.append(("flat_lead" if e.reason == "flat_lead" else "malformed_asc", str(e)))
-    return out, status
-
-
-def _chunks(seq: Sequence, size: int) -> Iterator[Sequence]:
-    for i in range(0, len(seq), size):
-        yield seq[i : i + size]
-
-
-def _read_all(paths: Sequence[str], workers: int) -> Iterator[tuple[np.ndarray, list]]:
-    chunks = list(_chunks(paths, CHUNK_SIZE))
-    if workers <= 1 or len(chunks) <= 1:
-        for c in chunks:
-            yield _read_chunk(c)
-        return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        yield from pool.map(_read_chunk, chunks)
+def _read_for_store(path: str) -> tuple[np.ndarray, dict]:
+    """`read_asc` as `ecgtune.data.convert.read_chunks` calls a reader: (signals, info)."""
+    return read_asc(path), {}
 
 
 def convert_deepfake(
@@ -401,6 +357,7 @@ def convert_deepfake(
     claim_store_path(out, inputs=[root])
 
     frames, flags, unlabelled = [], [], []
+    items: list[str | tuple[str, str]] = []  # per row: an .asc to read, or why it is skipped unopened
     for table in tables:
         labels, implausible = _read_ground_truth(table.csv)
         asc_dir = table.asc_dir or _find_asc_dir(root, labels["record_id"].tolist(), table.csv)
@@ -411,12 +368,12 @@ def convert_deepfake(
         # A patid is used as a file name only if it stays inside the folder of signals (ecgtune.paths).
         inside = [inside_root(asc_dir, f"{i}.asc") for i in labels["record_id"]]
         labels = labels.assign(
-            split=table.split if table.split else assign_split_by_hash(labels["record_id"], split_fractions),
-            path=[
-                str(p) if p is not None else f"{OUTSIDE}{asc_dir}: patid {i!r}"
-                for p, i in zip(inside, labels["record_id"], strict=True)
-            ],
+            split=table.split if table.split else assign_split_by_hash(labels["record_id"], split_fractions)
         )
+        items += [
+            str(p) if p is not None else ("path_outside_root", f"{asc_dir}: patid {i!r} {OUTSIDE}")
+            for p, i in zip(inside, labels["record_id"], strict=True)
+        ]
         frames.append(labels)
         flags.append(implausible)
     rows = pd.concat(frames, ignore_index=True)
@@ -427,7 +384,7 @@ def convert_deepfake(
             f"{root}: patid values appear in more than one ground-truth table, e.g. {dup.iloc[:5].tolist()}"
         )
 
-    paths = [Path(p) for p in rows["path"] if not p.startswith(OUTSIDE)]
+    paths = [Path(p) for p in items if isinstance(p, str)]
     exists = [p.is_file() for p in paths]
     present = [p for p, e in zip(paths, exists, strict=True) if e]
     missing = sorted(p.name for p, e in zip(paths, exists, strict=True) if not e)
@@ -460,12 +417,21 @@ def convert_deepfake(
         tally.add(unlabelled)
         store_cols = ["record_id", "patient_id", "split", *TARGET_NAMES]
         with StoreWriter(path, provenance) as w:
-            chunks = _read_all(rows["path"].tolist(), workers)
-            kept = append_readable(w, chunks, rows, store_cols, tally, source=root)
+            chunks = read_chunks(
+                items,
+                _read_for_store,
+                missing_reason="missing_asc",
+                dtype=np.int16,
+                chunk_size=CHUNK_SIZE,
+                workers=workers,
+            )
+            signals = ((signals, status) for signals, status, _ in chunks)
+            kept = append_readable(w, signals, rows, store_cols, tally, source=root)
             stored = rows[kept]
+            counts = label_counts(stored, implausible[kept])
             w.provenance["labels"] = {
-                "missing": {t: int(stored[t].isna().sum()) for t in TARGET_NAMES},
-                "implausible_set_to_nan": {t: int(implausible.loc[kept, t].sum()) for t in TARGET_NAMES},
+                "missing": counts["missing"],
+                "implausible_set_to_nan": counts["implausible"],
             }
             w.provenance["elapsed_s"] = round(time.time() - t0, 1)
         return w.store

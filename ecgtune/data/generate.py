@@ -16,7 +16,7 @@ float kernels do depend on the batch size: torch 2.13 on CPU, batch 1 vs 64,
 more (cuDNN, TF32 convolutions); not measured.
 
 No MUSE labels come with generated ECGs: `build_generated_store` labels them
-with a labeller from `ecgtune.data.labels` (default neurokit2, MIT).
+with a labeller from `ecgtune.data.labellers` (default neurokit2, MIT).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ecgtune.data.labels import Labeller, LabelPool, empty_counts, get_labeller, merge_counts, package_version
+from ecgtune.data.labellers import Labeller, get_labeller, package_version
+from ecgtune.data.labels import LabelPool, empty_counts, merge_counts
 from ecgtune.data.store import (
     ECGStore,
     StoreWriter,

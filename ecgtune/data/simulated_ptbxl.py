@@ -32,14 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy.signal import resample_poly
 
-from ecgtune.data.ptbxl import (
-    N_FOLDS,
-    PTBXL_LEADS,
-    record_name,
-    split_for_fold,
-    write_database,
-    write_features,
-)
+from ecgtune.data.ptbxl import N_FOLDS, split_for_fold
+from ecgtune.data.ptbxl_format import PTBXL_LEADS, record_name, write_database, write_features, write_wfdb16
 from ecgtune.data.simulate import (
     FRAMINGHAM_SLOPE,
     GENERATOR_VERSION,
@@ -196,27 +190,6 @@ def quantise_12(x12_mv: np.ndarray) -> np.ndarray:
     if np.abs(uv).max(initial=0) > 32767:
         raise ValueError("a simulated ECG exceeds ±32.767 mV, which format 16 at 1000/mV cannot hold")
     return uv.astype(np.int16)
-
-
-def write_wfdb16(base: Path, uv: np.ndarray, fs: int) -> None:
-    """Write one record `base`.{hea,dat}: int16 µV (12, T), leads `PTBXL_LEADS`, at `fs` Hz.
-
-    Byte for byte what `ecgtune.data.ptbxl.write_record` (wfdb.wrsamp: format 16, 1000/mV, baseline
-    0, units mV) writes for the same microvolts, checksums included (tests/test_simulate.py), without
-    wfdb's per-call header bookkeeping (~20 records/s here vs thousands).
-    """
-    uv = np.asarray(uv, dtype=np.int16)
-    if uv.ndim != 2 or uv.shape[0] != len(PTBXL_LEADS):
-        raise ValueError(f"uv has shape {uv.shape}; expected ({len(PTBXL_LEADS)}, n_samples) int16 µV")
-    name = base.name
-    checksum = uv.sum(axis=1, dtype=np.int64) % 65536  # WFDB: 16-bit sum of the samples
-    lines = [f"{name} {len(PTBXL_LEADS)} {fs} {uv.shape[1]}"]
-    lines += [
-        f"{name}.dat 16 1000.0(0)/mV 16 0 {uv[j, 0]} {checksum[j]} 0 {lead}"
-        for j, lead in enumerate(PTBXL_LEADS)
-    ]
-    base.with_name(name + ".hea").write_text("\n".join(lines) + "\n")
-    base.with_name(name + ".dat").write_bytes(uv.T.astype("<i2").tobytes())  # frames of 12 samples
 
 
 def _write_chunk(
