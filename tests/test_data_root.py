@@ -16,6 +16,7 @@ import yaml
 from synthetic import write_synthetic_store
 
 from ecgtune import cli, spec
+from ecgtune.shipped import SWEEPS_DIR
 from ecgtune.spec import DataRootError, StoreNotFoundError, StoreSpec, data_root, require_store, resolve_store
 
 
@@ -127,9 +128,7 @@ def test_sweep_with_a_missing_store_fails_before_ray_starts(monkeypatch, tmp_pat
     monkeypatch.setattr(ecgtune.search, "_init_ray", no_ray)
     monkeypatch.delenv(spec.RAY_JOB_ENV, raising=False)
     monkeypatch.setenv(spec.DATA_ENV, str(tmp_path))
-    sweep = yaml.safe_load(
-        (Path(__file__).resolve().parents[1] / "sweeps" / "resnet_widths.yaml").read_text()
-    )
+    sweep = yaml.safe_load((SWEEPS_DIR / "resnet_widths.yaml").read_text())
     spec_file = tmp_path / "s.yaml"
     spec_file.write_text(yaml.safe_dump(sweep))
     started = time.time()

@@ -271,7 +271,7 @@ def test_baseline_from_the_fine_tuning_store(handmade, handmade_report):
 
 
 def test_fixed_experiments_report_each_variant_model(tmp_path):
-    """A `variants` spec (sweeps/paper.yaml's kind): the model comes from each trial's variant, and a
+    """A `variants` spec (ecgtune/sweeps/paper.yaml's kind): the model comes from each trial's variant, and a
     variant that trains fewer epochs is finished when it has trained its own."""
     spec = handmade_spec(tmp_path / "ptbxl")
     spec["search"] = {"space": {}, "num_samples": 1, "asha": None}

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from optuna.samplers import TPESampler
 
+from ecgtune.shipped import SWEEPS_DIR
 from ecgtune.spec import (
     Spec,
     SpecError,
@@ -29,7 +30,7 @@ from ecgtune.spec import (
     trial_params,
 )
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+SWEEPS = SWEEPS_DIR
 SHIPPED = sorted(SWEEPS.glob("*.yaml"))
 
 
