@@ -11,7 +11,7 @@ import pandas as pd
 from ecgtune.data.store import ECGStore, StoreWriter
 
 
-def synthetic_ecgs(n: int, seed: int, gain: float = 1.0) -> tuple[np.ndarray, pd.DataFrame]:
+def synthetic_ecgs_with_labels(n: int, seed: int, gain: float = 1.0) -> tuple[np.ndarray, pd.DataFrame]:
     """ECG-like arrays whose amplitude sets all four labels (so a tiny model can learn them).
 
     `gain` scales the signal without changing the labels: a domain shift between two stores.
@@ -30,7 +30,7 @@ def synthetic_ecgs(n: int, seed: int, gain: float = 1.0) -> tuple[np.ndarray, pd
 def write_synthetic_store(
     path: Path, n: int, seed: int, gain: float = 1.0, source: str = "synthetic"
 ) -> ECGStore:
-    signals, labels = synthetic_ecgs(n, seed, gain)
+    signals, labels = synthetic_ecgs_with_labels(n, seed, gain)
     ids = [f"{source}-{seed}-{i}" for i in range(n)]
     labels.insert(0, "record_id", ids)
     labels.insert(1, "patient_id", ids)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic import synthetic_ecgs, write_synthetic_store
+from synthetic import synthetic_ecgs_with_labels, write_synthetic_store
 
 from ecgtune.cli import main
 from ecgtune.data.deepfake import write_asc
@@ -76,7 +76,7 @@ def test_second_test_evaluation_of_the_same_config_is_refused_unless_forced(trai
 
 def test_predict_on_asc_and_on_the_real_ptb_record(trained, tmp_path):
     root, *_ = trained
-    signals, _ = synthetic_ecgs(1, seed=5)
+    signals, _ = synthetic_ecgs_with_labels(1, seed=5)
     asc = write_asc(tmp_path / "one.asc", signals[0])
     ptb = FIXTURES / "ptb-s0010" / "s0010_re"
     windows = read_windows(ptb)
