@@ -83,6 +83,7 @@ def test_epoch_loss_is_the_sample_weighted_mean_of_the_step_losses():
     assert stats.loss == pytest.approx(np.average(step_losses, weights=sizes), rel=1e-5)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("resident", [True, False], ids=["resident", "host-batches"])
 def test_cuda_training_and_prediction_do_not_wait_for_the_gpu_at_every_step(resident):
@@ -115,6 +116,7 @@ def test_cuda_training_and_prediction_do_not_wait_for_the_gpu_at_every_step(resi
     assert short == long, f"(train, predict) syncs: {short} with 2 batches, {long} with 12"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_checkpoint_resumes_on_cuda_with_the_fused_optimiser():
     cfg = TrainConfig(epochs=3, batch_size=8, seed=5)
