@@ -18,8 +18,8 @@ slow spell of a shared machine hits each alike; medians and per-repeat ratios ar
 process binds 127.0.0.1 and lives under a temporary RAY_TMPDIR of this script; clusters are shut down
 in `finally`, and processes left by the killed driver are reaped by PID (never `ray stop`).
 
-    python bench/cluster_scaling.py --out bench/results/cluster_scaling.json
-    python bench/cluster_scaling.py --quick     # ~3 minutes: shows the script works, measures little
+    python -m bench.cluster_scaling --out bench/results/cluster_scaling.json
+    python -m bench.cluster_scaling --quick     # ~3 minutes: shows the script works, measures little
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, finish_args, fmt, log, make_parser, print_tables, stats, table, write_json  # noqa: E402
+from bench.common import finish_args, fmt, log, make_parser, print_tables, stats, table, write_json
+from ecgtune.testing import write_synthetic_store
 
 SCRIPT = "cluster_scaling"
 SNAPSHOT_WARNING = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
@@ -69,9 +69,6 @@ def ray_environment(root: Path) -> None:
 
 
 def write_stores(root: Path) -> Path:
-    sys.path.insert(0, str(REPO / "tests"))
-    from synthetic import write_synthetic_store
-
     write_synthetic_store(root / "deepfake", 200, seed=2, source="deepfake")  # ~0.8 s per epoch
     write_synthetic_store(root / "ptbxl", 30, seed=1, gain=1.5, source="ptbxl")
     return root

@@ -6,7 +6,8 @@ Rules every script follows (see bench/README-style docstrings of each script):
   several repeats, and the scripts quote medians (with the interquartile range) of the per-repeat rates
   and of the per-repeat ratios, so a slow spell of a shared machine hits both sides alike;
 - each script prints a short table last and writes the full numbers as JSON (`--out`);
-- `--quick` runs in seconds and only shows that the script works: its numbers are not measurements.
+- `--quick` runs in seconds and only shows that the script works: its numbers are not measurements;
+- each runs from the repository root as `python -m bench.<script>`, so it imports that checkout's ecgtune.
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
-if str(REPO) not in sys.path:  # `python bench/x.py` from anywhere imports this checkout's ecgtune
-    sys.path.insert(0, str(REPO))
 
 # ---------------------------------------------------------------------------------------- command line
 
@@ -38,7 +37,9 @@ if str(REPO) not in sys.path:  # `python bench/x.py` from anywhere imports this 
 def make_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
     """The options every script has: --quick, --out, --repeats, --threads, --seed."""
     p = argparse.ArgumentParser(
-        prog=f"bench/{script}.py", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m bench.{script}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--quick", action="store_true", help="seconds: shows the script works, measures nothing")
     p.add_argument(
@@ -152,7 +153,9 @@ def alternate(
     return out
 
 
-def summarize(measurements: Mapping[str, list[Measurement]], reference: str | None = None) -> dict[str, Any]:
+def summarize_measurements(
+    measurements: Mapping[str, list[Measurement]], reference: str | None = None
+) -> dict[str, Any]:
     """Per side: rates (items/s) per repeat and their stats; with `reference`, per-repeat ratios
     side / reference and their stats."""
     out: dict[str, Any] = {}
@@ -350,7 +353,7 @@ def gan_ecgs(n: int, seed: int = 0) -> np.ndarray:
     return np.concatenate(list(generate_ecgs(n, seed=seed, batch_size=min(n, 64), progress=False)))
 
 
-def synthetic_ecgs(n: int, seed: int = 0) -> np.ndarray:
+def synthetic_signals(n: int, seed: int = 0) -> np.ndarray:
     """`n` ECG-like int16 (n, 8, 5000) µV signals without the GAN: a ~70 bpm spike train with a slower
     wave, baseline wander and noise, amplitudes up to ~±1.5 mV per lead. For machines without the
     `deepfake-ecg` package (the GPU image): compute does not depend on the values, and an `.asc` of
@@ -376,7 +379,7 @@ def write_bench_data(
     `unique` distinct ECGs are made and repeated (ECG i = distinct i % unique): the files are
     separate files with realistic content (parse cost depends on the digits), written in a
     fraction of the time 2048 `np.savetxt` calls would take. `source`: "gan" (the DeepFake GAN,
-    needs `deepfake-ecg`) or "synthetic" (`synthetic_ecgs`). Labels are random plausible values.
+    needs `deepfake-ecg`) or "synthetic" (`synthetic_signals`). Labels are random plausible values.
     `asc=False` writes the store only.
     """
     import pandas as pd
@@ -388,7 +391,7 @@ def write_bench_data(
         raise ValueError(f"source must be 'gan' or 'synthetic', got {source!r}")
     root = Path(root)
     unique = max(1, min(unique, n))
-    distinct = gan_ecgs(unique, seed) if source == "gan" else synthetic_ecgs(unique, seed)
+    distinct = gan_ecgs(unique, seed) if source == "gan" else synthetic_signals(unique, seed)
     rng = np.random.default_rng(seed)
     targets = np.stack(
         [rng.uniform(50, 90, n), rng.uniform(120, 200, n), rng.uniform(70, 110, n), rng.uniform(350, 450, n)],

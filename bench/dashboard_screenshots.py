@@ -1,9 +1,9 @@
 """The Ray dashboard's job page in a real browser, while a submitted sweep runs and after it ends.
 
-    python bench/dashboard_screenshots.py --data /abs/data     # ECGTUNE_DATA holding the demo stores
+    python -m bench.dashboard_screenshots --data /abs/data     # ECGTUNE_DATA holding the demo stores
 
 Starts a head on 127.0.0.1 (its own temp dir and auth token; token auth stays on), submits
-`ecgtune sweep sweeps/smoke.yaml` with `ray job submit --working-dir .`, and drives headless Chromium
+`ecgtune sweep smoke` with `ray job submit --working-dir .`, and drives headless Chromium
 (Debian's `chromium`, no browser download) over the DevTools protocol on 127.0.0.1. The dashboard's
 web UI accepts the token as the `ray-authentication-token` cookie (what its login form sets through
 POST /api/authenticate; Ray 2.60 `_private/authentication/http_token_authentication.py`), so the
@@ -26,11 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ray_head import job_status, start_head, stop_head, wait_until  # noqa: E402
+from bench.common import REPO, RESULTS_DIR
+from bench.ray_head import job_status, start_head, stop_head, wait_until
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "results" / "dashboard"
+OUT = RESULTS_DIR / "dashboard"
 COOKIE = "ray-authentication-token"  # ray._private.authentication.authentication_constants
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -127,7 +126,7 @@ class Browser:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path(os.environ.get("ECGTUNE_DATA", "data")))
-    p.add_argument("--spec", default="sweeps/smoke.yaml")
+    p.add_argument("--spec", default="smoke", help="a spec file or a shipped sweep's name")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--size", default="1600x1000", help="browser window WIDTHxHEIGHT")
     args = p.parse_args()

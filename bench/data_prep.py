@@ -19,8 +19,8 @@
    the store gathered 256 at a time, `.asc` with pandas (`pd.read_csv(sep=" ", header=None)`), and
    WFDB with `wfdb.rdsamp`, all over the same ECGs in the same shuffled order (page cache warm).
 
-    python bench/data_prep.py                 # 256 generated per side, 128 labelled, 1024 converted
-    python bench/data_prep.py --quick         # a few ECGs per step: seconds, shows the script works
+    python -m bench.data_prep                 # 256 generated per side, 128 labelled, 1024 converted
+    python -m bench.data_prep --quick         # a few ECGs per step: seconds, shows the script works
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
 
 SCRIPT = "data_prep"
 
@@ -74,7 +73,7 @@ def bench_generation(args, tmp: Path) -> tuple[dict, dict]:
     for b in args.gen_batch_sizes:
         list(generate_ecgs(min(b, args.n_gen), seed=args.seed, batch_size=b, model=model, progress=False))
     m = common.alternate(sides, args.repeats, log=common.log)
-    s = common.summarize(m, reference="package generate()")
+    s = common.summarize_measurements(m, reference="package generate()")
     rows = []
     for name in sides:
         r = s[name].get("ratio_to_package generate()")
@@ -128,7 +127,7 @@ def bench_labelling(args, signals: np.ndarray) -> tuple[dict, list[dict]]:
     finally:
         for p in pools.values():
             p.close()
-    s = common.summarize(m, reference="1 worker")
+    s = common.summarize_measurements(m, reference="1 worker")
     labels, counts = last[1]
     n = counts["n"]
     dist = {}
@@ -252,7 +251,7 @@ def bench_conversion(args, tmp: Path, signals: np.ndarray) -> tuple[dict, dict, 
     common.log("PTB-XL conversion:")
     side(1)()  # warm-up: imports, page cache of the records
     m = common.alternate({"workers=1": side(1), "workers=2": side(2)}, args.repeats, log=common.log)
-    s = common.summarize(m, reference="workers=1")
+    s = common.summarize_measurements(m, reference="workers=1")
     rows = [
         ["write (WFDB + database + features)", len(x), common.fmt(len(x) / write_s, 0), "-"],
         *[
@@ -340,7 +339,7 @@ def bench_reads(args, tmp: Path, signals: np.ndarray, ptbxl_root: Path) -> tuple
     }
     common.log("reading:")
     m = common.alternate(sides, args.repeats, warmup=True, log=common.log)
-    s = common.summarize(m)
+    s = common.summarize_measurements(m)
     ref_rates = s["store, one record"]["rates"]
     for name in sides:
         r = common.ratios(ref_rates, s[name]["rates"])

@@ -1,7 +1,7 @@
 """Data stalls (benchmarks part 2): the share of a training step spent waiting for the next batch.
 
 For the smallest, the median and the largest model of each shipped search space
-(sweeps/resnet_widths.yaml, sweeps/vit_patch_depth.yaml), trained with ecgtune's input pipeline
+(ecgtune/sweeps/resnet_widths.yaml, vit_patch_depth.yaml), trained with ecgtune's input pipeline
 (`Batches.epoch` over the store) and with the study-style one (a pandas `.asc` Dataset under a
 DataLoader with num_workers=2, see bench/common.py):
 
@@ -25,22 +25,21 @@ for both sides alike (the table says which batch); on a CPU, load and compute bo
 so the wait share hardly depends on it. The largest ResNet of resnet_widths (~800 GFLOP per ECG) is
 then trained at batch 1 and still takes minutes per step on two cores.
 
-    python bench/data_stalls.py                     # batch 32, 1 warm-up + 5 steps, 2 repeats, all sizes
-    python bench/data_stalls.py --sizes smallest median
-    python bench/data_stalls.py --quick             # batch 8, 2 steps, smallest models only
+    python -m bench.data_stalls                     # batch 32, 1 warm-up + 5 steps, 2 repeats, all sizes
+    python -m bench.data_stalls --sizes smallest median
+    python -m bench.data_stalls --quick             # batch 8, 2 steps, smallest models only
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
+from ecgtune.shipped import sweep_spec_path
 
 SCRIPT = "data_stalls"
-SPACES = {"resnet_widths": "sweeps/resnet_widths.yaml", "vit_patch_depth": "sweeps/vit_patch_depth.yaml"}
+SPACES = ("resnet_widths", "vit_patch_depth")  # shipped sweeps (ecgtune/sweeps/)
 SIZES = ("smallest", "median", "largest")
 
 
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
 
         for space in args.spaces:
             for size in args.sizes:
-                config, params = common.space_model_config(common.REPO / SPACES[space], size)
+                config, params = common.space_model_config(sweep_spec_path(space), size)
                 flops = common.model_flops(config)
                 bs = args.batch_size
                 if 3 * flops * bs > args.max_step_tflop * 1e12:
@@ -114,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
                     ),
                 }
                 m = common.alternate(sides, args.repeats, log=common.log)
-                s = common.summarize(m)
+                s = common.summarize_measurements(m)
                 per_side = {}
                 for side in sides:
                     ex = [mm.extra for mm in m[side]]

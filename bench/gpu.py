@@ -30,15 +30,15 @@ trains about `--run-seconds` (0.5) of its bf16 side (every side of a model train
 run). One untimed warm-up epoch per side absorbs cuDNN autotuning and allocator growth. Batch 32
 unless `--batch-size`.
 
-Data: ECG-like synthetic signals (`common.synthetic_ecgs`), not the GAN's: the GPU image lacks the
+Data: ECG-like synthetic signals (`common.synthetic_signals`), not the GAN's: the GPU image lacks the
 `deepfake-ecg` package, the arithmetic does not depend on the values, and the `.asc` files hold numbers
 of as many digits as real ones. Models: the study's presets, the smallest, median and largest model of
 each shipped search space, and resnet_tiny (the `study` part leaves out the largest two: the study
 loop is then compute-bound like ecgtune's, see part 3).
 
-    python bench/gpu.py                         # all parts, ~7 min on an H100/H200 (an estimate)
-    python bench/gpu.py --parts precision study --models resnet_widths:smallest
-    python bench/gpu.py --quick                 # on a CPU too: shows the script works, measures nothing
+    python -m bench.gpu                         # all parts, ~7 min on an H100/H200 (an estimate)
+    python -m bench.gpu --parts precision study --models resnet_widths:smallest
+    python -m bench.gpu --quick                 # on a CPU too: shows the script works, measures nothing
 
 On the lent device machine nothing can be installed from an index: see docs/benchmarks.md part 7 for
 the wheels (pydantic) to carry and the one command to run.
@@ -56,14 +56,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+
+from bench import common
+from ecgtune.shipped import sweep_spec_path
 
 SCRIPT = "gpu"
 PARTS = ("precision", "residency", "packing", "study", "settings")
-SPACES = {"resnet_widths": "sweeps/resnet_widths.yaml", "vit_patch_depth": "sweeps/vit_patch_depth.yaml"}
+SPACES = ("resnet_widths", "vit_patch_depth")  # shipped sweeps (ecgtune/sweeps/)
 MODELS_FULL = [
     "resnet_paper",
     "vit_paper",
@@ -90,7 +91,7 @@ def model_config(label: str) -> dict[str, Any]:
         space, size = label.split(":", 1)
         if space not in SPACES:
             raise SystemExit(f"unknown search space {space!r} in {label!r}; known: {list(SPACES)}")
-        return common.space_model_config(common.REPO / SPACES[space], size)[0]
+        return common.space_model_config(sweep_spec_path(space), size)[0]
     return {"name": label, "num_outputs": 4}
 
 
@@ -171,7 +172,7 @@ def part_precision(args, models, split, device, results) -> dict:
             "bf16": TrainerSide(m["config"], split, device, amp=True, **kw),
             "fp32": TrainerSide(m["config"], split, device, amp=False, **kw),
         }
-        s = common.summarize(measure_sides(sides, args), reference="fp32")
+        s = common.summarize_measurements(measure_sides(sides, args), reference="fp32")
         tflops = {k: 3 * m["flops"] * s[k]["rate"]["median"] / 1e12 for k in sides}
         results.append({"model": label, **m["facts"], "runs": s, "tflop_per_s": tflops})
         rows.append(
@@ -212,7 +213,7 @@ def part_residency(args, models, split, device, results) -> dict:
             "host batches": TrainerSide(m["config"], split, device, resident=False, **kw),
             "resident": TrainerSide(m["config"], split, device, resident=True, **kw),
         }
-        s = common.summarize(measure_sides(sides, args), reference="host batches")
+        s = common.summarize_measurements(measure_sides(sides, args), reference="host batches")
         results.append({"model": label, **m["facts"], "runs": s})
         rows.append(
             [
@@ -239,7 +240,7 @@ def part_settings(args, models, split, device, results) -> dict:
         sides = {name: TrainerSide(m["config"], split, device, **kw) for name in SETTINGS_SIDES}
         for name, side in sides.items():
             SETTINGS_SIDES[name](side, device)
-        s = common.summarize(measure_sides(sides, args))
+        s = common.summarize_measurements(measure_sides(sides, args))
         for name in sides:
             if name != "ecgtune":
                 r = common.ratios(s["ecgtune"]["rates"], s[name]["rates"])
@@ -306,7 +307,7 @@ def part_study(args, models, split, data, device, results) -> dict:
         for side in sides.values():
             if not isinstance(side, TrainerSide):
                 side(warm=True)
-        s = common.summarize(measure_sides(sides, args))
+        s = common.summarize_measurements(measure_sides(sides, args))
         for workers in args.workers:
             name = f"study {workers}w"
             ratio = {
@@ -412,7 +413,9 @@ def part_packing(args, models, data, device, results) -> dict:
 
     sides = {f"{n} per GPU": launch(n) for n in args.pack_trials}
     ref = f"{args.pack_trials[0]} per GPU"
-    s = common.summarize(common.alternate(sides, args.pack_repeats, log=common.log), reference=ref)
+    s = common.summarize_measurements(
+        common.alternate(sides, args.pack_repeats, log=common.log), reference=ref
+    )
     results.append({"model": label, "job": job, "runs": s})
     rows = []
     for name in sides:
@@ -595,7 +598,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if not torch.cuda.is_available() and not q:
         raise SystemExit(
-            "bench/gpu.py measures a GPU and this machine has no CUDA device; --quick runs it on the CPU"
+            "bench.gpu measures a GPU and this machine has no CUDA device; --quick runs it on the CPU"
         )
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = gpu_info()

@@ -13,20 +13,18 @@ is warm for both) as (B, 8, 5000) float32 batches. One run of a side is one shuf
 (batch size, workers) the two sides alternate (A B A B ...) and the table quotes the median ratio of
 the per-repeat rates, with its interquartile range. Goal: ecgtune >= 20x at every worker count.
 
-    python bench/input_pipeline.py                 # N=2048, batch 32 and 256, workers 0 1 2, 5 repeats
-    python bench/input_pipeline.py --quick         # N=256, 1 repeat: seconds, shows the script works
+    python -m bench.input_pipeline                 # N=2048, batch 32 and 256, workers 0 1 2, 5 repeats
+    python -m bench.input_pipeline --quick         # N=256, 1 repeat: seconds, shows the script works
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
 
 SCRIPT = "input_pipeline"
 GOAL = 20.0
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> None:
                     warmup=not args.quick,
                     log=common.log,
                 )
-                s = common.summarize(m, reference="study")
+                s = common.summarize_measurements(m, reference="study")
                 ratio = s["ecgtune"]["ratio_to_study"]
                 results["pairs"].append({"batch_size": bs, "workers": workers, **s})
                 rows.append(

@@ -1,7 +1,7 @@
 """`ray job submit` of a sweep on a fresh head: seconds from submission to the first trial result.
 
-    python bench/job_first_result.py --data /abs/data             # this checkout, ECGTUNE_DATA=/abs/data
-    python bench/job_first_result.py --code /tmp/old-checkout      # another checkout, README's command as is
+    python -m bench.job_first_result --data /abs/data             # this checkout, ECGTUNE_DATA=/abs/data
+    python -m bench.job_first_result --code /tmp/old-checkout      # another checkout, README's command as is
 
 Starts a head on 127.0.0.1 (its own temp dir and token), submits
 `ecgtune sweep SPEC --storage-path <tmp>` with `--working-dir CODE` (plus
@@ -22,10 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ray_head import job_logs, job_status, start_head, stop_head  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
+from bench.common import REPO
+from bench.ray_head import job_logs, job_status, start_head, stop_head
 
 
 def first_result(storage: Path) -> bool:
@@ -36,7 +34,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--code", type=Path, default=REPO, help="directory submitted as --working-dir")
     p.add_argument("--data", type=Path, help="ECGTUNE_DATA for the job (absolute); default: none set")
-    p.add_argument("--spec", default="sweeps/smoke.yaml", help="relative to --code")
+    p.add_argument(
+        "--spec", default="smoke", help="a shipped sweep's name, or a spec path relative to --code"
+    )
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--out", type=Path)
     args = p.parse_args()

@@ -1,6 +1,6 @@
 """Ray overhead of a sweep (benchmarks part 5): wall time outside the training loop, and driver memory.
 
-Overhead: the same small sweep (sweeps/smoke.yaml on the embedded demo data) run one trial at a time,
+Overhead: the same small sweep (the shipped smoke sweep on the embedded demo data) run one trial at a time,
 so no slot ever idles waiting for a straggler; per trial,
 
     overhead = (sweep wall time - sum of every epoch's training + evaluation time) / trials
@@ -15,8 +15,8 @@ Driver memory: a sweep of many one-epoch trials, two at a time, sampling the dri
 memory twice a second against the number of trials started (an open Ray report has driver memory
 growing with trial count); reported as MiB per 10 trials over the second half of the run.
 
-    python bench/ray_overhead.py --out bench/results/ray_overhead.json
-    python bench/ray_overhead.py --quick          # 2 trials per run, 1-2 epochs: shows it works
+    python -m bench.ray_overhead --out bench/results/ray_overhead.json
+    python -m bench.ray_overhead --quick          # 2 trials per run, 1-2 epochs: shows it works
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -34,8 +33,8 @@ import numpy as np
 import psutil
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, finish_args, log, make_parser, print_tables, stats, table, write_json  # noqa: E402
+from bench.common import finish_args, log, make_parser, print_tables, stats, table, write_json
+from ecgtune.shipped import sweep_spec_path
 
 
 def ray_rss_bytes(driver_pid: int) -> int:
@@ -149,7 +148,7 @@ def driver_memory(base: dict, tmp: Path, args) -> dict:
 
 def main() -> None:
     p = make_parser("ray_overhead", __doc__)
-    p.add_argument("--spec", default=str(REPO / "sweeps" / "smoke.yaml"))
+    p.add_argument("--spec", default="smoke", help="a spec file or a shipped sweep's name")
     p.add_argument("--long-pretrain-epochs", type=int, default=30, help="pretraining epochs of a long trial")
     p.add_argument("--long-trials", type=int, default=3)
     p.add_argument("--memory-trials", type=int, default=None, help="trials of the memory run (60; quick 4)")
@@ -162,7 +161,7 @@ def main() -> None:
     from ecgtune.data.demo import build_demo
     from ecgtune.spec import data_root
 
-    base = yaml.safe_load(Path(args.spec).read_text())
+    base = yaml.safe_load(sweep_spec_path(args.spec).read_text())
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     build_demo(data_root() / "demo")  # built before the clock starts (minutes on first use)

@@ -1,13 +1,13 @@
 """Search efficiency (benchmarks part 4): best validation objective vs compute budget (trial-epochs).
 
-Four searchers on the same space (sweeps/smoke.yaml on the embedded demo data), several seeds each:
+Four searchers on the same space (the shipped smoke sweep on the embedded demo data), several seeds each:
   (a) TPE + ASHA   (b) random + ASHA   (c) random, no early stopping   (d) the spec's fixed config
 The budget is counted in trial-epochs (every epoch any trial trains), so the result does not depend
 on how busy the machine is. "Best so far" counts only trials that reached full fidelity: an
 ASHA-stopped trial's low-fidelity value is not a result anyone would deploy.
 
-    python bench/search_efficiency.py --seeds 3 --out bench/results/search_efficiency.json
-    python bench/search_efficiency.py --quick
+    python -m bench.search_efficiency --seeds 3 --out bench/results/search_efficiency.json
+    python -m bench.search_efficiency --quick
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 import warnings
@@ -24,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, print_tables, table, write_json  # noqa: E402
+from bench.common import RESULTS_DIR, print_tables, table, write_json
+from ecgtune.shipped import sweep_spec_path
 
 
 def curve(experiment: Path, max_epochs: int) -> list[tuple[int, float]]:
@@ -156,7 +155,7 @@ LABELS = {
 }
 
 
-def summarize(
+def compare_searchers(
     runs: list[dict], budget: int, seeds: int, max_t: int, pretrain_epochs: int
 ) -> tuple[dict, list[dict]]:
     """Per-method best at the budget, and the budget fraction (a) needs to reach (c)'s final best."""
@@ -277,12 +276,12 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=8, help="trials of the no-early-stopping searcher")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--methods", nargs="+", choices=METHODS, default=METHODS, help="searchers to run (all)")
-    p.add_argument("--out", default=str(REPO / "bench" / "results" / "search_efficiency.json"))
+    p.add_argument("--out", default=str(RESULTS_DIR / "search_efficiency.json"))
     p.add_argument("--from-json", help="no runs: tables and plot from the runs of an earlier JSON")
     args = p.parse_args()
     if args.quick:
         args.seeds, args.trials = 1, 3
-    base = yaml.safe_load((REPO / "sweeps" / "smoke.yaml").read_text())
+    base = yaml.safe_load(sweep_spec_path("smoke").read_text())
     max_t = base["stages"]["pretrain"]["epochs"] + base["stages"]["finetune"]["epochs"]
     if args.from_json:
         earlier = json.loads(Path(args.from_json).read_text())
@@ -291,7 +290,7 @@ def main() -> None:
         args.seeds = len({r["seed"] for r in runs})
     else:
         runs, budget = sweep_all(args, base, max_t), args.trials * max_t
-    results, tables = summarize(runs, budget, args.seeds, max_t, base["stages"]["pretrain"]["epochs"])
+    results, tables = compare_searchers(runs, budget, args.seeds, max_t, base["stages"]["pretrain"]["epochs"])
     out = Path(args.out)
     write_json(out, "search_efficiency", args, results, tables)
     plot(runs, budget, out.with_suffix(".png"))

@@ -11,14 +11,13 @@
 3. Labels of `--n-labels` ECGs (default 2,000): mean, SD, 5th/50th/95th percentiles per target, and
    the share of first-degree AV block (PR > 200 ms) and wide QRS (>= 120 ms).
 
-    python bench/simulate_speed.py            # 2048 ECGs per generation run, 2000-record trees
-    python bench/simulate_speed.py --full     # also one full PTB-XL-size tree (21,799 records)
-    python bench/simulate_speed.py --quick    # seconds, shows the script works
+    python -m bench.simulate_speed            # 2048 ECGs per generation run, 2000-record trees
+    python -m bench.simulate_speed --full     # also one full PTB-XL-size tree (21,799 records)
+    python -m bench.simulate_speed --quick    # seconds, shows the script works
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -26,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+from bench import common
 
 SCRIPT = "simulate_speed"
 PTBXL_SIZE = 21799
@@ -58,7 +56,7 @@ def bench_generation(args) -> tuple[dict, list[dict]]:
     common.log("generation:")
     m = common.alternate(sides, args.repeats, log=common.log)
     pool.shutdown()
-    s = common.summarize(m, reference="1 process")
+    s = common.summarize_measurements(m, reference="1 process")
     rows = [
         [name, args.n_gen, common.fmt(s[name]["rate"]["median"], 0), f"{1e3 / s[name]['rate']['median']:.2f}"]
         for name in sides
@@ -117,7 +115,7 @@ def bench_writing(args, tmp: Path) -> tuple[dict, dict]:
     _remove(tmp / "warm")
     sides = {"workers=1": side(1), "workers=2": side(2)}
     m = common.alternate(sides, args.repeats, log=common.log)
-    s = common.summarize(m, reference="workers=1")
+    s = common.summarize_measurements(m, reference="workers=1")
     rows = []
     for name in sides:
         rate = s[name]["rate"]["median"]

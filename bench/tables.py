@@ -1,6 +1,6 @@
 """Print the tables of benchmark JSON files as Markdown (for docs/benchmarks.md).
 
-python bench/tables.py bench/results/*.json
+python -m bench.tables bench/results/*.json
 """
 
 from __future__ import annotations

@@ -24,25 +24,25 @@ in the residual modules, so here ecgtune's module activations get slope 0 (= ReL
 outputs are compared (max |difference|) to show the mathematics is the same. For scale, a third side
 runs resnet_paper with an odd kernel, 49 (what the sweep offers): different mathematics, no padded copy.
 
-    python bench/throughput.py                          # all models, batch 32, part B at batch 8
-    python bench/throughput.py --models resnet_tiny resnet_widths:smallest
-    python bench/throughput.py --quick                  # small models, batch 8, part B on 500 samples
+    python -m bench.throughput                          # all models, batch 32, part B at batch 8
+    python -m bench.throughput --models resnet_tiny resnet_widths:smallest
+    python -m bench.throughput --quick                  # small models, batch 8, part B on 500 samples
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+from torch import nn
+
+from bench import common
+from ecgtune.shipped import sweep_spec_path
 
 SCRIPT = "throughput"
-SPACES = {"resnet_widths": "sweeps/resnet_widths.yaml", "vit_patch_depth": "sweeps/vit_patch_depth.yaml"}
+SPACES = ("resnet_widths", "vit_patch_depth")  # shipped sweeps (ecgtune/sweeps/)
 MODELS_FULL = [
     "resnet_paper",
     "vit_paper",
@@ -199,7 +199,7 @@ def part_b(args) -> tuple[dict, dict]:
     sides = {"study code": fwd_bwd(study), "ecgtune": fwd_bwd(ours), "ecgtune k=49": fwd_bwd(odd)}
     common.log(f"part B: forward+backward, batch {args.model_batch}, {args.model_length} samples")
     m = common.alternate(sides, args.repeats, warmup=True, log=common.log)
-    s = common.summarize(m, reference="study code")
+    s = common.summarize_measurements(m, reference="study code")
     results = {
         "batch_size": args.model_batch,
         "signal_length": args.model_length,
@@ -247,7 +247,7 @@ def model_config(label: str) -> tuple[dict, dict | None]:
         space, size = label.split(":", 1)
         if space not in SPACES:
             raise SystemExit(f"unknown search space {space!r} in {label!r}; known: {list(SPACES)}")
-        return common.space_model_config(common.REPO / SPACES[space], size)
+        return common.space_model_config(sweep_spec_path(space), size)
     return {"name": label, "num_outputs": 4}, None
 
 
@@ -326,7 +326,7 @@ def measure_loops(args, label: str, split, dataset) -> dict:
         "steps_per_run": steps,
         "step_tflop": 3 * flops * bs / 1e12,
         "study_workers": args.workers,
-        **common.summarize(m, reference="study"),
+        **common.summarize_measurements(m, reference="study"),
     }
 
 

@@ -94,11 +94,13 @@ def _validate(args: argparse.Namespace) -> None:
 def _sweep(args: argparse.Namespace) -> None:
     from ecgtune.data.demo import ensure_demo_data
     from ecgtune.search import format_summary, run_sweep
+    from ecgtune.shipped import sweep_spec_path
     from ecgtune.spec import load_spec
 
-    spec = load_spec(args.spec)
+    path = sweep_spec_path(args.spec)
+    spec = load_spec(path)
     ensure_demo_data([spec.data.pretrain, spec.data.finetune])  # visibly, before the sweep resolves them
-    result = run_sweep(args.spec, resume=args.resume, storage_path=args.storage_path, address=args.address)
+    result = run_sweep(path, resume=args.resume, storage_path=args.storage_path, address=args.address)
     print(format_summary(result.summary))
     print(f"results: {result.experiment_path}")
 
@@ -144,12 +146,12 @@ def _demo(args: argparse.Namespace) -> None:
     from ecgtune.predict import format_predictions, predict_records
     from ecgtune.report import export_best, report_experiment
     from ecgtune.search import format_summary, run_sweep
+    from ecgtune.shipped import sweep_spec_path
     from ecgtune.spec import load_spec
 
     for store, reused in build_demo(demo_root()):
         print(("reused " if reused else "built ") + store.summary())
-    repo = Path(__file__).resolve().parent.parent
-    result = run_sweep(repo / "sweeps" / "smoke.yaml")
+    result = run_sweep(sweep_spec_path("smoke"))  # shipped inside the package, like the example record
     print(format_summary(result.summary))
     experiment = Path(result.experiment_path)
     report_experiment(experiment)
@@ -245,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = verbs.add_parser(
         "sweep", help="run a sweep spec on Ray Tune (local, or the cluster under `ray job submit`)"
     )
-    s.add_argument("spec")
+    s.add_argument(
+        "spec", help="a spec file, or a shipped sweep's name (e.g. smoke; the specs in ecgtune/sweeps/)"
+    )
     s.add_argument(
         "--resume",
         nargs="?",

@@ -1,7 +1,7 @@
 """The sweep driver: a validated Spec -> Ray Tune (Optuna TPE + ASHA) -> summary.json.
 
-    ecgtune sweep sweeps/smoke.yaml            # local Ray, or the cluster under `ray job submit`
-    ecgtune sweep sweeps/smoke.yaml --resume   # continue the newest interrupted run of that spec
+    ecgtune sweep smoke                        # local Ray, or the cluster under `ray job submit`
+    ecgtune sweep smoke --resume               # continue the newest interrupted run of that spec
 
 The searcher and the scheduler are `ecgtune.searchers`'; the trial (`ecgtune.trial`) receives a plain
 config; the experiment directory's files and the status rule are `ecgtune.experiment`'s. The driver
@@ -190,7 +190,7 @@ def build_tuner(
     searcher = None
     num_samples = 1
     if spec.variants:
-        # Fixed experiments (sweeps/paper.yaml): a grid over the named variants, no TPE.
+        # Fixed experiments (ecgtune/sweeps/paper.yaml): a grid over the named variants, no TPE.
         param_space["variant"] = tune.grid_search(list(spec.variants))
     elif search is not None:
         num_samples = search.num_samples

@@ -3,8 +3,8 @@
 Read top to bottom: config → target standardisation → masked loss → batches
 → the Trainer (one epoch, evaluate, checkpoint state) → transfer helpers.
 
-Nothing here knows about Ray. Callers that want progress pass their own
-`report` callable to `fit`.
+Nothing here knows about Ray: callers drive it an epoch at a time (`Trainer.train_epoch`, then
+`Trainer.evaluate`) and report what they like — ecgtune.stages does, for sweep trials and final training.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import functools
 import math
 import time
 import typing
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Annotated, Any, Literal
 
@@ -347,7 +347,7 @@ class Trainer:
         return EpochStats(mean_loss, seen, time.perf_counter() - t0, self.optimizer.param_groups[0]["lr"])
 
     @torch.inference_mode()
-    def predict(self, batches: Batches) -> np.ndarray:
+    def predict_batches(self, batches: Batches) -> np.ndarray:
         """Predictions in physical units for every ECG of `batches`, in split order."""
         self.model.eval()
         out = []
@@ -360,7 +360,7 @@ class Trainer:
 
     def evaluate(self, split: SplitArrays | Batches) -> Evaluation:
         batches = split if isinstance(split, Batches) else Batches(split, self.device)
-        return errors_in_units(self.predict(batches), batches.targets.cpu().numpy(), self.targets)
+        return errors_in_units(self.predict_batches(batches), batches.targets.cpu().numpy(), self.targets)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume this stage after the last finished epoch."""
@@ -408,44 +408,6 @@ def _make_schedule(
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
-
-
-def fit(
-    trainer: Trainer,
-    val: SplitArrays | Batches,
-    report: Callable[[dict[str, Any]], None] | None = None,
-) -> Evaluation:
-    """Train the remaining epochs of `trainer`, evaluating on `val` after each; return the last evaluation.
-
-    Stops after an epoch whose loss or objective is not finite (reported with `diverged` True).
-    """
-    val_batches = val if isinstance(val, Batches) else Batches(val, trainer.device)
-    evaluation = trainer.evaluate(val_batches)
-    while trainer.epoch < trainer.config.epochs:
-        stats = trainer.train_epoch()
-        evaluation = trainer.evaluate(val_batches)
-        diverged = stats.diverged or not math.isfinite(evaluation.objective)
-        if report is not None:
-            report(
-                {
-                    "epoch": trainer.epoch,
-                    "train_loss": stats.loss,
-                    "epoch_seconds": stats.seconds,
-                    "lr": stats.lr,
-                    "diverged": diverged,
-                    **evaluation.metrics("val_"),
-                }
-            )
-        if diverged:  # training on from NaN weights cannot recover
-            break
-    return evaluation
-
-
-def seed_everything(seed: int) -> None:
-    """Seeded and deterministic on CPU (CUDA kernels may still differ run to run)."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 # ---------------------------------------------------------------------------- transfer

@@ -12,11 +12,9 @@ out of ASHA's rungs).
 from __future__ import annotations
 
 import gc
-import os
 import tempfile
 from typing import Any
 
-import pyarrow.fs
 import ray
 import torch
 from ray import tune
@@ -27,10 +25,6 @@ from ecgtune.experiment import MAE_KEY, trial_spec
 from ecgtune.spec import Spec
 from ecgtune.stages import TwoStageRun
 from ecgtune.targets import TARGET_NAMES
-
-# Failure injection for fault-tolerance tests: "EPOCH" raises once when that epoch is reached
-# (the retry, restored from its checkpoint, goes on); "EPOCH:always" raises every time.
-FAIL_AT_EPOCH_ENV = "ECGTUNE_FAIL_AT_EPOCH"
 
 
 class GPUUnavailableError(RuntimeError):
@@ -76,7 +70,6 @@ def run_trial(config: dict[str, Any]) -> None:
     gauges = _DashboardGauges(config["spec"]["name"], tune.get_context().get_trial_id())
     node_id = ray.get_runtime_context().get_node_id()
     while not run.done:
-        _maybe_fail(run.epochs_done + 1)
         metrics = run.step()
         metrics["node_id"] = node_id
         metrics["device"] = device
@@ -92,29 +85,6 @@ def run_trial(config: dict[str, Any]) -> None:
             run.save(d)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
     gauges.close()
-
-
-def _maybe_fail(epoch: int) -> None:
-    rule = os.environ.get(FAIL_AT_EPOCH_ENV)
-    if not rule:
-        return
-    at, _, mode = rule.partition(":")
-    if epoch != int(at):
-        return
-    if mode == "always" or _first_attempt():
-        raise RuntimeError(f"injected failure at epoch {epoch} ({FAIL_AT_EPOCH_ENV}={rule})")
-
-
-def _first_attempt() -> bool:
-    # A marker beside the trial's checkpoints tells a retry from the first attempt: it outlives the worker
-    # process and, unlike get_trial_dir() (a node-local working directory), every node sees it.
-    storage = tune.get_context().get_storage()
-    fs, marker = storage.storage_filesystem, f"{storage.trial_fs_path}/.ecgtune-injected-failure"
-    if fs.get_file_info(marker).type != pyarrow.fs.FileType.NotFound:
-        return False
-    with fs.open_output_stream(marker):
-        pass
-    return True
 
 
 class _DashboardGauges:

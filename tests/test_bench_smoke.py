@@ -1,5 +1,5 @@
-"""The benchmark scripts run: each `bench/<script>.py --quick` exits 0, writes JSON with the expected keys
-and prints a table last. No timing is asserted: quick numbers are not measurements."""
+"""The benchmark scripts run: each `python -m bench.<script> --quick` exits 0, writes JSON with the
+expected keys and prints a table last. No timing is asserted: quick numbers are not measurements."""
 
 from __future__ import annotations
 
@@ -29,9 +29,11 @@ SCRIPTS = {
 @pytest.mark.parametrize("script", list(SCRIPTS))
 def test_quick_mode_runs_and_prints_a_table(script: str, tmp_path: Path) -> None:
     out = tmp_path / f"{script}.json"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # bench/ is a package of this checkout: on PYTHONPATH, as `python -m` from the repository root has it.
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / f"{script}.py"), "--quick", "--out", str(out)],
+        [sys.executable, "-m", f"bench.{script}", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=120,

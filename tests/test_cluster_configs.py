@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from ecgtune.shipped import SWEEPS_DIR, shipped_sweeps, sweep_spec_path
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
 LAUNCHER_CONFIGS = sorted(p for p in CLUSTER.glob("*.yaml") if p.name != "runtime_env.yaml")
@@ -26,7 +28,6 @@ RAYCLUSTER = CLUSTER / "kuberay" / "raycluster.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob.yaml"
 RUNTIME_ENV = CLUSTER / "runtime_env.yaml"
 DASHBOARD = CLUSTER / "grafana" / "ecgtune-dashboard.json"
-DEFAULT_SWEEP = "sweeps/resnet_widths.yaml"
 
 
 def _load(path: Path) -> Any:
@@ -109,9 +110,8 @@ def test_launcher_head_runs_no_trials_and_gpu_workers_autoscale(path):
 
 @pytest.mark.parametrize("path", LAUNCHER_CONFIGS, ids=lambda p: p.name)
 def test_every_sweep_fits_on_a_launcher_worker_type(path):
-    sweeps = sorted((REPO / "sweeps").glob("*.yaml"))
-    if not sweeps:
-        pytest.skip("no sweeps/*.yaml yet")
+    sweeps = sorted(SWEEPS_DIR.glob("*.yaml"))
+    assert sweeps, f"no sweep specs in {SWEEPS_DIR}"
     cfg = _load(path)
     node_types = [
         t["resources"] for name, t in cfg["available_node_types"].items() if name != cfg["head_node_type"]
@@ -217,18 +217,14 @@ def test_rayjob_runs_a_sweep_spec_end_to_end():
     segments = [shlex.split(s) for s in spec["entrypoint"].split("&&")]
     sweep = next((s for s in segments if s[:2] == ["ecgtune", "sweep"]), None)
     assert sweep is not None, f"entrypoint does not run `ecgtune sweep`: {spec['entrypoint']!r}"
-    spec_path = sweep[2]
-    assert not spec_path.startswith("/"), "name the spec relative to the repository root"
-    assert spec_path.startswith("sweeps/") and spec_path.endswith(".yaml")
+    spec_name = sweep[2]
+    # A shipped sweep by name: the image's installed ecgtune has it, wherever the job runs.
+    assert spec_name in shipped_sweeps(), f"the RayJob runs {spec_name!r}; shipped: {shipped_sweeps()}"
     storage = sweep[sweep.index("--storage-path") + 1]
     assert "://" in storage, "a multi-node sweep needs shared storage (s3://...), not a head-local path"
-    if not (REPO / spec_path).exists():
-        if spec_path == DEFAULT_SWEEP and not (REPO / "sweeps").is_dir():
-            pytest.skip(f"{spec_path} not written yet")
-        raise AssertionError(f"the RayJob runs {spec_path}, which is not in the repository")
     from ecgtune.spec import load_spec
 
-    loaded = load_spec(REPO / spec_path)  # the spec the job runs is valid
+    loaded = load_spec(sweep_spec_path(spec_name))  # the spec the job runs is valid
     # A trial of it fits on one worker pod (otherwise the autoscaler can never place it).
     group = next(g for g in spec["rayClusterSpec"]["workerGroupSpecs"])
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
@@ -294,7 +290,7 @@ def test_runtime_env_excludes_data_results_and_virtualenvs(tmp_path):
         "ecgtune/cli.py",
         "ecgtune/data/store.py",
         "ecgtune/data/demo.py",
-        "sweeps/smoke.yaml",
+        "ecgtune/sweeps/smoke.yaml",
         "pyproject.toml",
     ]
     for rel in tree:
@@ -305,7 +301,7 @@ def test_runtime_env_excludes_data_results_and_virtualenvs(tmp_path):
         "ecgtune/cli.py",
         "ecgtune/data/store.py",
         "ecgtune/data/demo.py",
-        "sweeps/smoke.yaml",
+        "ecgtune/sweeps/smoke.yaml",
         "pyproject.toml",
     }
 

@@ -20,9 +20,10 @@ from ecgtune import cli
 from ecgtune.data import locate
 from ecgtune.data.demo import ensure_demo_data
 from ecgtune.data.locate import DataRootError, StoreNotFoundError, data_root, require_store, resolve_store
+from ecgtune.shipped import SWEEPS_DIR
 from ecgtune.spec import StoreSpec, load_spec
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+SWEEPS = SWEEPS_DIR
 
 
 @pytest.fixture

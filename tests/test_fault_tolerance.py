@@ -26,8 +26,6 @@ import torch
 import yaml
 from synthetic import write_synthetic_store
 
-from ecgtune.trial import FAIL_AT_EPOCH_ENV
-
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 SNAPSHOT_WARNING = "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"
@@ -124,18 +122,14 @@ def cluster():
 
 
 @contextmanager
-def driver(cluster, env_vars: dict[str, str] | None = None):
-    """A driver connected to the cluster; `env_vars` reach every worker process of this job."""
+def driver(cluster):
+    """A driver connected to the cluster (this process)."""
     import ray
 
     # The driver is this process: quiet Tune's warning about frequent snapshots (one per epoch here).
     saved = os.environ.get(SNAPSHOT_WARNING)
     os.environ[SNAPSHOT_WARNING] = "0"
-    ray.init(
-        address=cluster.address,
-        log_to_driver=False,
-        runtime_env={"env_vars": env_vars} if env_vars else None,
-    )
+    ray.init(address=cluster.address, log_to_driver=False)
     try:
         yield
     finally:
@@ -369,12 +363,67 @@ def test_trial_on_a_lost_node_resumes_from_its_checkpoint_elsewhere(cluster, sto
 
 
 # ---------------------------------------------------------------------------------------------------
-# 3: a trial that crashes (ECGTUNE_FAIL_AT_EPOCH, passed to the workers through the job's runtime_env)
+# 3: a trial that crashes (`run_trial` with a failure injected at an epoch, in place of `run_trial`)
+
+INJECTED_MARKER = ".ecgtune-injected-failure"
+
+
+def crashing_trial(at_epoch: int, *, always: bool = False):
+    """`ecgtune.trial.run_trial` raising when it is about to train epoch `at_epoch`: on the first attempt
+    only (the retry, restored from its checkpoint, goes on), or with `always` on every attempt.
+
+    A closure, so Ray pickles it by value: the worker processes cannot import this test module.
+    """
+
+    def run_trial(config: dict[str, Any]) -> None:
+        import pyarrow.fs
+        from ray import tune
+
+        from ecgtune.stages import TwoStageRun
+        from ecgtune.trial import run_trial as trial
+
+        def first_attempt() -> bool:
+            # A marker beside the trial's checkpoints tells a retry from the first attempt: it outlives
+            # the worker process and, unlike get_trial_dir() (node-local), every node sees it.
+            storage = tune.get_context().get_storage()
+            fs, marker = storage.storage_filesystem, f"{storage.trial_fs_path}/{INJECTED_MARKER}"
+            if fs.get_file_info(marker).type != pyarrow.fs.FileType.NotFound:
+                return False
+            with fs.open_output_stream(marker):
+                pass
+            return True
+
+        step = TwoStageRun.step
+
+        def failing_step(run: TwoStageRun) -> dict[str, Any]:
+            epoch = run.epochs_done + 1
+            if epoch == at_epoch and (always or first_attempt()):
+                raise RuntimeError(f"injected failure at epoch {epoch}")
+            return step(run)
+
+        TwoStageRun.step = failing_step
+        try:
+            trial(config)
+        finally:
+            TwoStageRun.step = step  # a reused worker runs the next trial unpatched
+
+    return run_trial
+
+
+def sweep_with(spec_path: Path, trainable) -> tuple[Path, dict[str, Any]]:
+    """The sweep of `spec_path` as `run_sweep` runs it, with `trainable` in place of `run_trial`:
+    the experiment directory and the summary."""
+    from ecgtune.search import build_tuner, resolve_data, summarize
+    from ecgtune.spec import load_spec
+
+    spec = resolve_data(load_spec(spec_path))
+    name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    sweep = build_tuner(spec, spec.run.storage_path, name, trainable=trainable)
+    summary = summarize(sweep.tuner.fit(), spec, sweep.searcher, wall_seconds=0.0)
+    return Path(spec.run.storage_path) / name, summary
 
 
 def test_trial_crashing_once_is_retried_from_its_checkpoint(cluster, stores, tmp_path):
-    from ecgtune.search import run_sweep
-
     spec = write_spec(
         tmp_path / "spec.yaml",
         stores,
@@ -384,22 +433,20 @@ def test_trial_crashing_once_is_retried_from_its_checkpoint(cluster, stores, tmp
         finetune_epochs=2,
         max_failures=1,
     )
-    with driver(cluster, {FAIL_AT_EPOCH_ENV: "2"}):
-        result = run_sweep(spec)
-    (trial,) = result.summary["trials"]
+    with driver(cluster):
+        experiment, summary = sweep_with(spec, crashing_trial(2))
+    (trial,) = summary["trials"]
     assert trial["status"] == "finished" and trial["epochs"] == 3 and trial["error"] is None, trial
-    (rows,) = trial_results(Path(result.experiment_path)).values()
+    (rows,) = trial_results(experiment).values()
     print(f"\n[crash once] epochs reported: {[r['epoch'] for r in rows]}; restarts: {restarts(rows)}")
     # Epoch 1 in the first process, which raised before epoch 2; the retry resumed at epoch 2.
     assert restarts(rows) == [(1, 2)]
     check_epoch_sequence(rows, 3)
     assert failures(Path(trial["path"])) == 1
-    assert (Path(trial["path"]) / ".ecgtune-injected-failure").exists()
+    assert (Path(trial["path"]) / INJECTED_MARKER).exists()
 
 
 def test_trial_crashing_every_time_ends_as_an_error_and_the_sweep_completes(cluster, stores, tmp_path):
-    from ecgtune.search import run_sweep
-
     spec = write_spec(
         tmp_path / "spec.yaml",
         stores,
@@ -409,9 +456,9 @@ def test_trial_crashing_every_time_ends_as_an_error_and_the_sweep_completes(clus
         finetune_epochs=2,
         max_failures=1,
     )
-    with driver(cluster, {FAIL_AT_EPOCH_ENV: "2:always"}):
-        result = run_sweep(spec)  # returns: errored trials do not fail the sweep
-    trials = result.summary["trials"]
+    with driver(cluster):
+        experiment, summary = sweep_with(spec, crashing_trial(2, always=True))  # errors do not fail it
+    trials = summary["trials"]
     print(f"\n[crash always] {[(t['status'], t['epochs'], t['error']) for t in trials]}")
     assert len(trials) == 2
     for t in trials:
@@ -421,7 +468,5 @@ def test_trial_crashing_every_time_ends_as_an_error_and_the_sweep_completes(clus
     # epoch 1's checkpoint that failed again at 2 before reporting anything.
     for t in trials:
         assert failures(Path(t["path"])) == 2
-    for rows in trial_results(Path(result.experiment_path)).values():
+    for rows in trial_results(experiment).values():
         assert [r["epoch"] for r in rows] == [1]
-    written = json.loads((Path(result.experiment_path) / "summary.json").read_text())
-    assert [t["status"] for t in written["trials"]] == ["error", "error"]

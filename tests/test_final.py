@@ -51,6 +51,7 @@ def test_final_training_evaluates_the_test_fold_once_with_intervals_and_plots(tr
     test = json.loads((root / "out" / "test_result.json").read_text())
     assert test["statement"].startswith("First and only evaluation")
     assert test["n_ecgs"] == 12  # every 5th of 60 synthetic ECGs is in the test split
+    assert set(test["targets"]) == set(spec.targets) != set()  # every target: the loop checks each
     for t, r in test["targets"].items():
         lo, hi = r["ci95"]["mae"]
         assert lo <= r["mae"] <= hi, t
@@ -121,8 +122,9 @@ def test_bootstrap_resamples_patients_not_ecgs():
 
 
 def test_test_report_shows_the_mean_predictor_and_patients(trained):
-    root, *_ = trained
+    root, spec, *_ = trained
     test = json.loads((root / "out" / "test_result.json").read_text())
+    assert set(test["targets"]) == set(spec.targets) != set()
     assert set(test["mean_predictor"]) >= set(test["targets"])
     report = (root / "out" / "test_report.md").read_text()
     assert "mean predictor MAE" in report and "bootstrap over patients" in report

@@ -59,9 +59,7 @@ def _demo_spec(path: Path, storage: Path) -> Path:
 def test_a_job_uses_the_clusters_stores_or_fails_at_once_naming_them(no_data_env, head_node, tmp_path):  # noqa: F811
     sweep = [sys.executable, "-m", "ecgtune", "sweep"]
     # 1. No ECGTUNE_DATA: ./data would be inside the job's temporary copy. Refused, saying how to set it.
-    code, log, seconds = _submit(
-        head_node, [*sweep, "sweeps/smoke.yaml", "--storage-path", str(tmp_path / "r")]
-    )
+    code, log, seconds = _submit(head_node, [*sweep, "smoke", "--storage-path", str(tmp_path / "r")])
     assert code != 0 and "ecgtune sweep: error: running as a Ray job" in log, log[-3000:]
     assert "ECGTUNE_DATA is not set" in log and "runtime_env" in log
     assert "building the demo stores" not in log
@@ -72,7 +70,7 @@ def test_a_job_uses_the_clusters_stores_or_fails_at_once_naming_them(no_data_env
     data.mkdir()
     code, log, seconds = _submit(
         head_node,
-        [*sweep, "sweeps/smoke.yaml", "--storage-path", str(tmp_path / "r")],
+        [*sweep, "smoke", "--storage-path", str(tmp_path / "r")],
         {"ECGTUNE_DATA": str(data)},
     )
     assert code != 0, log[-3000:]

@@ -73,7 +73,7 @@ HANDMADE = {
 }
 STATUS = {"aaaa0001": "finished", "bbbb0002": "stopped", "cccc0003": "error", "dddd0004": "running"}
 STATUS["eeee0005"] = "running"
-ERROR = "RuntimeError: injected failure at epoch 3 (ECGTUNE_FAIL_AT_EPOCH=3:always)"
+ERROR = "RuntimeError: injected failure at epoch 3"
 
 
 def handmade_spec(store: Path) -> dict:
@@ -143,8 +143,8 @@ def failure_block(n: int) -> str:
     return (
         f"Failure # {n} (occurred at 2026-11-25_12-26-{20 + n})\n"
         "ray::ImplicitFunc.train() (pid=1234, ip=127.0.0.1, actor_id=abc, repr=run_trial)\n"
-        '  File "/work/main/ecgtune/trial.py", line 52, in run_trial\n'
-        "    _maybe_fail(run.epochs_done + 1)\n"
+        '  File "/work/main/tests/test_fault_tolerance.py", line 401, in failing_step\n'
+        '    raise RuntimeError(f"injected failure at epoch {epoch}")\n'
         f"{ERROR}\n"
     )
 
@@ -271,7 +271,7 @@ def test_baseline_from_the_fine_tuning_store(handmade, handmade_report):
 
 
 def test_fixed_experiments_report_each_variant_model(tmp_path):
-    """A `variants` spec (sweeps/paper.yaml's kind): the model comes from each trial's variant, and a
+    """A `variants` spec (ecgtune/sweeps/paper.yaml's kind): the model comes from each trial's variant, and a
     variant that trains fewer epochs is finished when it has trained its own."""
     spec = handmade_spec(tmp_path / "ptbxl")
     spec["search"] = {"space": {}, "num_samples": 1, "asha": None}

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pickle
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -15,9 +14,10 @@ import yaml
 from optuna.samplers import TPESampler
 
 from ecgtune.sampler import fixed_values, make_sampler, sample_params, trial_params
+from ecgtune.shipped import SWEEPS_DIR
 from ecgtune.spec import apply_params, load_spec, spec_from_dict
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+SWEEPS = SWEEPS_DIR
 
 
 def raw(name: str) -> dict[str, Any]:

@@ -94,7 +94,7 @@ def test_global_onsets_and_offsets_of_the_waveform_are_the_labels():
     labels = params.labels
     assert {"lbbb", "rbbb", "ivcd"} <= set(labels["conduction"])  # wide complexes are covered too
     support = {w: (np.abs(twelve_leads(render(params, (w,)))) > 0).any(axis=1) for w in WAVES}  # (n, T)
-    n_beats = 0
+    n_beats = n_pr = n_qt = 0
     for i in range(len(labels)):
         runs = {w: _runs(support[w][i]) for w in WAVES}
         # Midpoints between the last zero and the first non-zero sample: within 1 ms of the truth.
@@ -107,16 +107,19 @@ def test_global_onsets_and_offsets_of_the_waveform_are_the_labels():
             p = np.flatnonzero(complete["p"] & (off["p"] <= q_on))
             if len(p):
                 assert abs((q_on - on["p"][p[-1]]) - labels.pr[i]) <= 2.0, (i, k)
+                n_pr += 1
             t = np.flatnonzero(complete["t"] & (on["t"] >= q_off))
             if len(t):
                 assert abs((off["t"][t[0]] - q_on) - labels.qt[i]) <= 2.0, (i, k)
+                n_qt += 1
             n_beats += 1
         # HR: 60000 / mean RR of the beats whose QRS onset lies in the record.
         onsets = on["qrs"][(runs["qrs"][0] > 0) & (on["qrs"] < LAST_SAMPLE_MS)]
         assert len(onsets) == labels.n_beats[i]
         hr = 60000.0 * (len(onsets) - 1) / (onsets[-1] - onsets[0])
         assert hr == pytest.approx(labels.hr[i], abs=0.05), i
-    assert n_beats > 1000
+    # PR and QT are checked only where the beat's P / T wave lies whole in the record: most beats.
+    assert n_beats > 1000 and n_pr > n_beats / 2 and n_qt > n_beats / 2, (n_beats, n_pr, n_qt)
 
 
 def test_limb_leads_are_derived_so_iii_is_ii_minus_i():

@@ -13,6 +13,7 @@ import optuna
 import pytest
 import yaml
 
+from ecgtune.shipped import SWEEPS_DIR
 from ecgtune.spec import (
     Spec,
     SpecError,
@@ -26,7 +27,7 @@ from ecgtune.spec import (
 )
 from ecgtune.train import TrainConfig
 
-SWEEPS = Path(__file__).resolve().parents[1] / "sweeps"
+SWEEPS = SWEEPS_DIR
 SHIPPED = sorted(SWEEPS.glob("*.yaml"))
 
 

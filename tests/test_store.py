@@ -134,4 +134,3 @@ def test_hash_split_is_stable_and_close_to_fractions():
     assert abs(counts["train"] - 0.8) < 0.03 and abs(counts["val"] - 0.1) < 0.02
     with pytest.raises(ValueError, match="sum to 1"):
         assign_split_by_hash(ids, (0.5, 0.1, 0.1))
-

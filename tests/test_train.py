@@ -15,7 +15,6 @@ from ecgtune.train import (
     TrainConfig,
     Trainer,
     errors_in_units,
-    fit,
     load_backbone,
     masked_loss,
     objective,
@@ -84,6 +83,7 @@ def test_epoch_loss_is_the_sample_weighted_mean_of_the_step_losses():
     assert stats.loss == pytest.approx(np.average(step_losses, weights=sizes), rel=1e-5)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("resident", [True, False], ids=["resident", "host-batches"])
 def test_cuda_training_and_prediction_do_not_wait_for_the_gpu_at_every_step(resident):
@@ -98,9 +98,9 @@ def test_cuda_training_and_prediction_do_not_wait_for_the_gpu_at_every_step(resi
         trainer = Trainer(tiny(), split, cfg, device="cuda", resident=resident)
         batches = Batches(split, trainer.device, resident=resident)
         trainer.train_epoch()  # warm-up: cuDNN autotuning, optimiser state, allocator growth
-        trainer.predict(batches)
+        trainer.predict_batches(batches)
         counts = []
-        for work in (trainer.train_epoch, lambda: trainer.predict(batches)):
+        for work in (trainer.train_epoch, lambda: trainer.predict_batches(batches)):
             torch.cuda.set_sync_debug_mode("warn")
             try:
                 with warnings.catch_warnings(record=True) as caught:
@@ -116,6 +116,7 @@ def test_cuda_training_and_prediction_do_not_wait_for_the_gpu_at_every_step(resi
     assert short == long, f"(train, predict) syncs: {short} with 2 batches, {long} with 12"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cpu_checkpoint_resumes_on_cuda_with_the_fused_optimiser():
     cfg = TrainConfig(epochs=3, batch_size=8, seed=5)
@@ -209,7 +210,8 @@ def test_seeded_runs_on_cpu_give_identical_metrics():
             TrainConfig(epochs=2, batch_size=8, seed=3),
             device="cpu",
         )
-        return fit(trainer, learnable_split(16, 1)).metrics()
+        losses = [trainer.train_epoch().loss for _ in range(2)]
+        return losses, trainer.evaluate(learnable_split(16, 1)).metrics()
 
     assert run() == run()
 
@@ -265,14 +267,6 @@ def test_frozen_backbone_trains_only_the_head_for_k_epochs():
     assert not all(torch.equal(before[k], model.state_dict()[k]) for k in conv_weights)
 
 
-def test_fit_reports_each_epoch_with_per_target_metrics():
-    reports = []
-    trainer = Trainer(tiny(), learnable_split(16, 0), TrainConfig(epochs=2, batch_size=8), device="cpu")
-    fit(trainer, learnable_split(8, 1), reports.append)
-    assert [r["epoch"] for r in reports] == [1, 2]
-    assert {"val_mae_hr", "val_mae_qt", "val_objective", "train_loss"} <= set(reports[0])
-
-
 def test_invalid_train_config_names_the_key():
     with pytest.raises(ValueError, match="batch_size=0"):
         TrainConfig(batch_size=0)
@@ -280,14 +274,13 @@ def test_invalid_train_config_names_the_key():
         TrainConfig(schedule="step")
 
 
-def test_epoch_with_a_non_finite_loss_is_flagged_and_fit_stops_there():
+def test_epoch_with_a_non_finite_loss_is_flagged():
     # AdamW's weight decay multiplies the weights by about -lr/100 per step: at lr 1e10 they overflow
     # within an epoch of 4 steps (measured: loss NaN; with 2 steps the loss was still finite, 1.2e21).
+    # Stopping there is the stages' rule (tests/test_stages.py).
     config = TrainConfig(epochs=3, batch_size=8, lr=1e10)
     trainer = Trainer(tiny(), learnable_split(32, 0), config, device="cpu")
-    reports = []
-    fit(trainer, learnable_split(8, 1), reports.append)
-    assert [(r["epoch"], r["diverged"]) for r in reports] == [(1, True)]
-    assert np.isnan(reports[0]["train_loss"]) and trainer.epoch == 1
+    stats = trainer.train_epoch()
+    assert stats.diverged and np.isnan(stats.loss) and trainer.epoch == 1
     ok = Trainer(tiny(), learnable_split(32, 0), TrainConfig(epochs=1, batch_size=8), device="cpu")
     assert not ok.train_epoch().diverged

@@ -2,8 +2,8 @@
 
 Every model maps float32 millivolts `(B, 8, 5000)` (leads `ecgtune.targets.LEADS`, 500 Hz, 10 s) to
 `(B, num_outputs)`, one column per predicted target (standardisation is the training loop's job). Every
-model has `forward_features(x) -> (B, F)`, a linear `head`, `reset_head(num_outputs)` and
-`backbone_parameters()`, so pretraining -> fine-tuning needs no surgery.
+model has `forward_features(x) -> (B, F)`, a linear `head` (every other parameter is the backbone) and
+`reset_head(num_outputs)`, so pretraining -> fine-tuning needs no surgery.
 
     create_model("resnet_paper")                       # the study's ResNet as its code ran
     create_model("vit_tiny", depth=3, dropout=None)    # None keeps the preset's value

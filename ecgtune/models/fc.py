@@ -13,7 +13,6 @@ complex across time: a floor for the convolutional and attention models, not a c
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -70,10 +69,6 @@ class FCNet(nn.Module):
     def reset_head(self, num_outputs: int) -> None:
         """Replace the linear head with a freshly initialised one; the backbone is untouched."""
         self.head = nn.Linear(self.num_features, num_outputs)
-
-    def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        """Every parameter except the head's (e.g. to freeze or give a lower learning rate)."""
-        return (p for name, p in self.named_parameters() if not name.startswith("head."))
 
 
 # --------------------------------------------------------------------------------------------- presets

@@ -24,7 +24,6 @@ paper text (k=3, 111,268 parameters).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import torch
@@ -167,10 +166,6 @@ class ResNet1d(nn.Module):
     def reset_head(self, num_outputs: int) -> None:
         """Replace the linear head with a freshly initialised one; the backbone is untouched."""
         self.head = nn.Linear(self.num_features, num_outputs)
-
-    def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        """Every parameter except the head's (e.g. to freeze or give a lower learning rate)."""
-        return (p for name, p in self.named_parameters() if not name.startswith("head."))
 
 
 # --------------------------------------------------------------------------------------------- presets

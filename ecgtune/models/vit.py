@@ -19,7 +19,6 @@ from a truncated normal (std 0.02) here, as in timm.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -176,10 +175,6 @@ class ECGViT(nn.Module):
     def reset_head(self, num_outputs: int) -> None:
         """Replace the linear head with a freshly initialised one; the backbone is untouched."""
         self.head = nn.Linear(self.num_features, num_outputs)
-
-    def backbone_parameters(self) -> Iterator[nn.Parameter]:
-        """Every parameter except the head's (e.g. to freeze or give a lower learning rate)."""
-        return (p for name, p in self.named_parameters() if not name.startswith("head."))
 
 
 # --------------------------------------------------------------------------------------------- presets

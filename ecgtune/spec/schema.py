@@ -3,7 +3,7 @@ answers (planned epochs, the network config, ASHA's clock). Field-level checks o
 fields are in `ecgtune.spec.configs`, reading and writing YAML in `ecgtune.spec.load`.
 
 One schema serves both uses:
-- a *sweep spec* (`sweeps/*.yaml`) has a `search` section: what to vary, how to stop;
+- a *sweep spec* (`ecgtune/sweeps/*.yaml`) has a `search` section: what to vary, how to stop;
 - a *training config* (`ecgtune export` output, or hand-written) has none: one fixed run.
 """
 
