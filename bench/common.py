@@ -537,7 +537,7 @@ def space_params(spec, which: str) -> dict[str, Any]:
     knobs follow their target (apply_params fills them); a `divides` knob picks among the choices
     that divide its parent's chosen value.
     """
-    from ecgtune.spec import fixed_values
+    from ecgtune.sampler import fixed_values
 
     if which not in ("smallest", "median", "largest"):
         raise ValueError(f"which must be smallest, median or largest, got {which!r}")

@@ -164,8 +164,8 @@ def provenance(spec) -> dict[str, Any]:
     import torch
 
     from ecgtune import __version__
+    from ecgtune.data.locate import require_store
     from ecgtune.data.store import ECGStore
-    from ecgtune.spec import require_store
 
     stores = {}
     for stage in ("pretrain", "finetune"):

@@ -159,7 +159,7 @@ def main() -> None:
     import ray
 
     from ecgtune.data.demo import build_demo
-    from ecgtune.spec import data_root
+    from ecgtune.data.locate import data_root
 
     base = yaml.safe_load(sweep_spec_path(args.spec).read_text())
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")

@@ -46,7 +46,7 @@ from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
 from bench.curve_table import SPACE_SPEC, TABLE_FILE, CurveTable, final_objective
-from ecgtune.search import PruneAwareOptunaSearch
+from ecgtune.searchers import PruneAwareOptunaSearch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "replay.json"
@@ -85,13 +85,14 @@ def _table_space() -> dict[str, Any]:
 
 def replay_trial(config: dict[str, Any]) -> None:
     """A Tune function trainable that reports a configuration's recorded epochs instead of training."""
-    from ecgtune.trial import trial_spec
+    from ecgtune.experiment import trial_spec
+    from ecgtune.spec import Spec
 
     setting = config["spec"]["origin"][REPLAY_KEY]
     table = _TABLES.get(setting["table"])
     if table is None:
         table = _TABLES[setting["table"]] = CurveTable(Path(setting["table"]))
-    epochs = table.epochs(searched_values(trial_spec(config)))
+    epochs = table.epochs(searched_values(trial_spec(Spec.model_validate(config["spec"]), config)))
     for e in epochs:
         time.sleep((e["epoch_seconds"] or 0.0) * setting["time_scale"])
         metrics = {**e, "objective": math.nan if e["objective"] is None else e["objective"]}
@@ -209,6 +210,7 @@ def run_strategy(
     from unittest import mock
 
     import ecgtune.search as driver
+    import ecgtune.searchers
 
     spec = strategy_spec(name, seed, table, time_scale, concurrency)
     if num_samples is not None and spec.search is not None:
@@ -216,7 +218,7 @@ def run_strategy(
     stop = Budget(budget)
     searcher = StockOptunaSearch if name == "stock_optuna" else searcher
     patch = (
-        mock.patch.object(driver, "PruneAwareOptunaSearch", searcher)
+        mock.patch.object(ecgtune.searchers, "PruneAwareOptunaSearch", searcher)
         if searcher is not None
         else contextlib.nullcontext()
     )

@@ -97,7 +97,7 @@ def rung_agreement(runs: list[dict], max_t: int, pretrain_epochs: int) -> dict:
 
 
 def run(method: str, seed: int, base: dict, storage: Path, budget_trials: int) -> dict:
-    from ecgtune.search import run_sweep, total_epochs
+    from ecgtune.search import run_sweep
     from ecgtune.spec import spec_from_dict
 
     spec = json.loads(json.dumps(base))
@@ -123,7 +123,7 @@ def run(method: str, seed: int, base: dict, storage: Path, budget_trials: int) -
     path.write_text(yaml.safe_dump(spec))
     t0 = time.time()
     result = run_sweep(path)
-    max_t = total_epochs(spec_from_dict(spec))
+    max_t = spec_from_dict(spec).total_epochs
     return {
         "method": method,
         "seed": seed,
@@ -301,7 +301,7 @@ def sweep_all(args: argparse.Namespace, base: dict, max_t: int) -> list[dict]:
     import ray
 
     from ecgtune.data.demo import build_demo
-    from ecgtune.spec import data_root
+    from ecgtune.data.locate import data_root
 
     build_demo(data_root() / "demo")
     base["stages"]["pretrain"]["samples_per_epoch"] = 128 if not args.quick else 32

@@ -38,30 +38,14 @@ from ecgtune.spec.schema import (
 )
 from ecgtune.spec.space import describe_space
 
-# Names that moved out of the spec in issue #15, still importable from here until every caller imports
-# them from their home; resolved on first use, so importing the spec imports neither Optuna nor the data
-# layer.
-_MOVED = {
-    "fixed_values": "ecgtune.sampler",
-    "make_sampler": "ecgtune.sampler",
-    "sample_params": "ecgtune.sampler",
-    "trial_params": "ecgtune.sampler",
-    "DATA_ENV": "ecgtune.data.locate",
-    "DataRootError": "ecgtune.data.locate",
-    "RUNTIME_ENV_HINT": "ecgtune.data.locate",
-    "StoreNotFoundError": "ecgtune.data.locate",
-    "data_root": "ecgtune.data.locate",
-    "require_store": "ecgtune.data.locate",
-    "resolve_store": "ecgtune.data.locate",
-    "running_as_ray_job": "ecgtune.data.locate",
-}
-
 
 def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
+    # Sweeps saved before the sampler moved to `ecgtune.sampler` pickled their searcher's space as
+    # `ecgtune.spec.sample_params`; resuming one must still find it.
+    if name == "sample_params":
+        from ecgtune.sampler import sample_params
 
-        return getattr(importlib.import_module(_MOVED[name]), name)
+        return sample_params
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

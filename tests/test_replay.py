@@ -1,0 +1,127 @@
+"""The learning-curve replay (bench/replay.py) through ecgtune's real driver, on a toy table of the
+benchmark's grid: each trial reports exactly its configuration's recorded epochs, the budget stops the
+sweep, and TPE and ASHA are told what the trials reported (the facts tests/test_search_facts.py checks
+on trained trials). The full benchmark is not a test: `python -m bench.replay run`."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sweep_checks import check_asha, check_optuna, reported
+
+from bench import replay
+from bench.curve_table import TABLE_FORMAT, CurveTable, config_key, grid, load_space_spec
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+
+def write_toy_table(path: Path) -> Path:
+    """Every configuration of the grid with a made-up curve: 2 flat pretraining epochs, then a
+    fine-tuning curve falling towards a per-configuration level; the highest learning rate with the
+    deepest network diverges at its second fine-tuning epoch."""
+    spec = load_space_spec()
+    lrs = sorted(spec.search.space["finetune.lr"].choices)
+    rng = np.random.default_rng(0)
+    rows = []
+    for config in grid(spec.search.space):
+        level = float(rng.uniform(0.5, 1.5))
+        diverges = config["finetune.lr"] == lrs[-1] and config["model.num_blocks"] == 4
+        epochs = []
+        for k in range(1, 12):
+            finetune_epoch = max(k - 2, 0)
+            diverged = diverges and finetune_epoch == 2
+            objective = 1.9 + 0.01 * k if finetune_epoch == 0 else level + 1.0 / finetune_epoch
+            epochs.append(
+                {
+                    "epoch": k,
+                    "stage": "pretrain" if finetune_epoch == 0 else "finetune",
+                    "stage_epoch": k if finetune_epoch == 0 else finetune_epoch,
+                    "finetune_epoch": finetune_epoch,
+                    "objective": None if diverged else objective,
+                    "diverged": diverged,
+                    "train_loss": 1.0,
+                    "epoch_seconds": 1.0,
+                    **{f"ptbxl_val_mae_{t}": 10 * objective for t in ("hr", "pr", "qrs", "qt")},
+                }
+            )
+            if diverged:
+                break
+        rows.append({"config": config, "key": config_key(config), "parameters": 1, "epochs": epochs})
+    table = {"format": TABLE_FORMAT, "configurations": len(rows), "missing": 0, "provenance": {}}
+    with gzip.open(path, "wt") as f:
+        json.dump({**table, "rows": rows}, f)
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def test_replay_reports_the_table_through_the_driver(tmp_path, local_ray, monkeypatch):
+    from ecgtune.experiment import trial_spec
+    from ecgtune.search import build_tuner, summarize
+
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
+    table_file = write_toy_table(tmp_path / "table.json.gz")
+    table = CurveTable(table_file)
+    spec = replay.strategy_spec("tpe_asha", seed=0, table=table_file, time_scale=0.0, concurrency=2)
+    budget = 60
+    stop = replay.Budget(budget)
+    sweep = build_tuner(spec, str(tmp_path / "runs"), "replay", trainable=replay.replay_trial, stop=stop)
+    summary = summarize(sweep.tuner.fit(), spec, sweep.searcher, wall_seconds=0.0)
+    rows = reported(tmp_path / "runs" / "replay")
+
+    # Every trial reported its configuration's recorded epochs, in order, as far as it got.
+    configs = {t["trial_id"]: t["config"] for t in summary["trials"]}
+    assert len(rows) >= 4
+    for trial_id, results in rows.items():
+        recorded = table.epochs(replay.searched_values(trial_spec(spec, configs[trial_id])))
+        got = [(r["epoch"], r["objective"]) for r in results]
+        want = [(e["epoch"], math.nan if e["objective"] is None else e["objective"]) for e in recorded]
+        assert len(got) <= len(want)
+        for (epoch, value), (epoch_want, value_want) in zip(got, want[: len(got)], strict=True):
+            assert epoch == epoch_want
+            assert value == value_want or (math.isnan(value) and math.isnan(value_want))
+
+    # The budget: the stopper counted each epoch once, in the order the driver saw them, and ended the
+    # sweep once it was spent (the trials running then may each add an epoch or so).
+    assert len(stop.events) == sum(len(r) for r in rows.values())
+    assert budget <= len(stop.events) <= budget + 2 * 11
+    curve = replay.best_curve(stop.events, budget)
+    assert np.all(np.diff(curve[np.isfinite(curve)]) <= 0)
+
+    # What TPE and ASHA were told is what the replayed trials reported, on ASHA's clock.
+    check_optuna(sweep.searcher, summary, rows, "finetune_epoch")
+    check_asha(sweep.scheduler, rows, "finetune_epoch")
+
+
+def test_best_curve_counts_only_full_length_trials_and_the_budget_fraction():
+    events = [
+        ("a", 1, 2.0, 3, 0.0),
+        ("a", 2, 1.5, 3, 0.0),  # a is stopped here: its 1.5 is not a full-length result
+        ("b", 1, 1.8, 3, 0.0),
+        ("b", 2, 1.2, 3, 0.0),
+        ("b", 3, 1.0, 3, 0.0),  # b finishes at trial-epoch 5
+        ("c", 1, 0.5, 3, 0.0),
+        ("c", 2, 0.4, 3, 0.0),
+        ("c", 3, 0.3, 3, 0.0),  # c finishes at trial-epoch 8
+    ]
+    curve = replay.best_curve(events, 10)
+    assert list(curve[:4]) == [math.inf] * 4
+    assert list(curve[4:7]) == [1.0] * 3
+    assert list(curve[7:]) == [0.3] * 3
+    assert replay.budget_to_reach(curve, 1.0) == pytest.approx(0.5)
+    assert replay.budget_to_reach(curve, 0.3) == pytest.approx(0.8)
+    assert replay.budget_to_reach(curve, 0.1) == math.inf
