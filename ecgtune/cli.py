@@ -8,8 +8,6 @@ from pathlib import Path
 
 from ecgtune.data.locate import demo_root
 
-EXAMPLE_RECORD = Path(__file__).resolve().parent / "examples" / "ptb-s0010" / "s0010_re"
-
 
 def _data_demo(args: argparse.Namespace) -> None:
     from ecgtune.data.demo import build_demo
@@ -146,7 +144,7 @@ def _demo(args: argparse.Namespace) -> None:
     from ecgtune.predict import format_predictions, predict_records
     from ecgtune.report import export_best, report_experiment
     from ecgtune.search import format_summary, run_sweep
-    from ecgtune.shipped import sweep_spec_path
+    from ecgtune.shipped import EXAMPLE_RECORD, sweep_spec_path
     from ecgtune.spec import load_spec
 
     for store, reused in build_demo(demo_root()):

@@ -38,7 +38,6 @@ from ecgtune.experiment import (
     write_summary,
 )
 from ecgtune.metrics import SWEEP_TRIALS, KeptGauge
-from ecgtune.progress import SweepLog
 from ecgtune.searchers import (
     DivergenceAwareASHA,
     PruneAwareOptunaSearch,
@@ -47,6 +46,7 @@ from ecgtune.searchers import (
     saved_searcher,
 )
 from ecgtune.spec import Spec, StoreSpec, load_spec
+from ecgtune.sweep_log import SweepLog
 from ecgtune.targets import TARGETS, check_targets
 from ecgtune.trial import metrics_report_interval_s, run_trial
 
@@ -151,7 +151,7 @@ def _latest_experiment(storage: str, name: str) -> str:
 
 class ProgressLines(tune.Callback):
     """The console's view of a sweep: a line per trial epoch and per ended trial
-    (`ecgtune.progress.SweepLog`), in place of Tune's table of every trial every few seconds."""
+    (`ecgtune.sweep_log.SweepLog`), in place of Tune's table of every trial every few seconds."""
 
     def __init__(self, spec: Spec):
         self.log = SweepLog(spec.targets)

@@ -2,7 +2,7 @@
 
 An installed ecgtune (a wheel, `pip install .` or from git — not a checkout) has them, and the example
 record the demo predicts (`ecgtune/examples/`): pyproject.toml lists both as package data, and
-tests/test_package_data.py builds the wheel and checks it holds them. So `ecgtune sweep smoke` and
+tests/test_shipped.py builds the wheel and checks it holds them. So `ecgtune sweep smoke` and
 `ecgtune demo` work from any directory.
 """
 
@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 
 SWEEPS_DIR = Path(__file__).resolve().parent / "sweeps"
+# A real 12-lead ECG (PTB Diagnostic, ODC-By; attribution in examples/README.md) the demo predicts.
+EXAMPLE_RECORD = Path(__file__).resolve().parent / "examples" / "ptb-s0010" / "s0010_re"
 
 
 def shipped_sweeps() -> list[str]:

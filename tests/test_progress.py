@@ -26,7 +26,7 @@ def test_progress_prints_plain_lines_off_a_terminal():
 def test_sweep_log_is_one_aligned_line_per_epoch_and_per_ended_trial():
     import io
 
-    from ecgtune.progress import SweepLog
+    from ecgtune.sweep_log import SweepLog
 
     out = io.StringIO()
     log = SweepLog(["hr", "qrs"], stream=out)
@@ -45,7 +45,7 @@ def test_sweep_log_is_one_aligned_line_per_epoch_and_per_ended_trial():
 def test_sweep_log_pickles_as_tune_pickles_its_callbacks():
     import pickle
 
-    from ecgtune.progress import SweepLog
+    from ecgtune.sweep_log import SweepLog
 
     log = pickle.loads(pickle.dumps(SweepLog(["hr"])))
     log.ended("t1", "finished", 3, 0.5)  # prints to the process's stdout

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ecgtune import cli
+from ecgtune import cli, shipped
 from ecgtune.shipped import SWEEPS_DIR, shipped_sweeps, sweep_spec_path
 from ecgtune.spec import load_spec
 
@@ -70,6 +70,6 @@ def test_the_wheel_holds_the_whole_package(tmp_path) -> None:
     }
     assert in_tree - in_wheel == set(), "package files missing from the wheel (pyproject's package-data)"
     # What the demo needs on an installed copy, named so a renamed file cannot pass unnoticed.
-    example = cli.EXAMPLE_RECORD.relative_to(REPO).as_posix()
+    example = shipped.EXAMPLE_RECORD.relative_to(REPO).as_posix()
     assert {f"{example}.hea", f"{example}.dat", "ecgtune/sweeps/smoke.yaml"} <= in_wheel
     assert {f"ecgtune/sweeps/{n}.yaml" for n in shipped_sweeps()} <= in_wheel
