@@ -51,7 +51,7 @@ from ecgtune.searchers import PruneAwareOptunaSearch
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "replay.json"
 DRIVER_COST = REPO / "bench" / "results" / "replay_driver_cost.json"
-PLOT = REPO / "docs" / "search_efficiency.png"
+PLOT = REPO / "docs" / "search_efficiency_replay.png"
 STRATEGIES = ("tpe_asha", "stock_optuna", "random_asha", "random_no_es", "tpe_asha_all", "fixed")
 REPLAY_KEY = "replay"  # the config entry that tells the replay trainable where the table is
 
