@@ -164,7 +164,7 @@ def load_model(directory: str | Path, device: str = "cpu") -> tuple[torch.nn.Mod
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, meta: dict[str, Any], signals: np.ndarray) -> np.ndarray:
+def predict_signals(model: torch.nn.Module, meta: dict[str, Any], signals: np.ndarray) -> np.ndarray:
     """(n, 8, 5000) int16 µV or float mV -> (n, k) predictions in physical units (bpm, ms)."""
     scale = 1.0 / MICROVOLTS_PER_MILLIVOLT if signals.dtype == np.int16 else 1.0
     mean = torch.tensor(meta["standardizer"]["mean"])
@@ -222,7 +222,7 @@ def evaluate_on_test_fold(spec: Spec, model_dir: Path, store: ECGStore, out_dir:
     test = store.split("test", targets)  # the only read of a test split in ecgtune
     truth = test.targets
     patients = store.split_labels("test")["patient_id"].to_numpy()
-    pred = predict(model, meta, test.signals)
+    pred = predict_signals(model, meta, test.signals)
     ev = errors_in_units(pred, truth, targets)
     per_target = {}
     for j, t in enumerate(targets):

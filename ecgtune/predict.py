@@ -17,7 +17,7 @@ import numpy as np
 
 from ecgtune.data.deepfake import read_asc
 from ecgtune.data.wfdb_record import read_record, record_base
-from ecgtune.final import load_model, predict
+from ecgtune.final import load_model, predict_signals
 from ecgtune.targets import MICROVOLTS_PER_MILLIVOLT, N_SAMPLES, TARGETS
 
 
@@ -55,7 +55,7 @@ def predict_records(model_dir: str | Path, records: list[str]) -> list[RecordPre
     out = []
     for record in records:
         windows = read_windows(record)
-        pred = predict(model, meta, windows)  # (n_windows, k)
+        pred = predict_signals(model, meta, windows)  # (n_windows, k)
         values = {t: float(np.median(pred[:, j])) for j, t in enumerate(meta["targets"])}
         out.append(RecordPrediction(str(record), len(windows), values))
     return out
