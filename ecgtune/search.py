@@ -333,7 +333,7 @@ def summarize(
                 spec,
                 r.metrics or {},
                 path=r.path,
-                config=r.config,
+                config=r.config or {},  # None for a trial the sweep ended before it started
                 error=error,
                 best_objective=best_objective,
             )

@@ -69,23 +69,30 @@ def local_ray():
         ray.shutdown()
 
 
+def replay_sweep(tmp_path: Path, table_file: Path, stop, num_samples: int):
+    from ecgtune.search import build_tuner, summarize
+
+    spec = replay.strategy_spec("tpe_asha", seed=0, table=table_file, time_scale=0.0, concurrency=2)
+    spec = spec.model_copy(update={"search": spec.search.model_copy(update={"num_samples": num_samples})})
+    name = f"replay-{num_samples}"
+    sweep = build_tuner(spec, str(tmp_path / "runs"), name, trainable=replay.replay_trial, stop=stop)
+    summary = summarize(sweep.tuner.fit(), spec, sweep.searcher, wall_seconds=0.0)
+    return spec, sweep, summary, reported(tmp_path / "runs" / name)
+
+
 def test_replay_reports_the_table_through_the_driver(tmp_path, local_ray, monkeypatch):
     from ecgtune.experiment import trial_spec
-    from ecgtune.search import build_tuner, summarize
 
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
     table_file = write_toy_table(tmp_path / "table.json.gz")
     table = CurveTable(table_file)
-    spec = replay.strategy_spec("tpe_asha", seed=0, table=table_file, time_scale=0.0, concurrency=2)
-    budget = 60
-    stop = replay.Budget(budget)
-    sweep = build_tuner(spec, str(tmp_path / "runs"), "replay", trainable=replay.replay_trial, stop=stop)
-    summary = summarize(sweep.tuner.fit(), spec, sweep.searcher, wall_seconds=0.0)
-    rows = reported(tmp_path / "runs" / "replay")
+    record = replay.Budget(None)  # records every epoch, stops nothing
+    spec, sweep, summary, rows = replay_sweep(tmp_path, table_file, record, num_samples=12)
 
-    # Every trial reported its configuration's recorded epochs, in order, as far as it got.
+    # Every trial reported its configuration's recorded epochs, in order, as far as ASHA let it go.
     configs = {t["trial_id"]: t["config"] for t in summary["trials"]}
-    assert len(rows) >= 4
+    assert len(rows) == 12
+    assert any(len(r) == 11 for r in rows.values()) and any(len(r) < 11 for r in rows.values())
     for trial_id, results in rows.items():
         recorded = table.epochs(replay.searched_values(trial_spec(spec, configs[trial_id])))
         got = [(r["epoch"], r["objective"]) for r in results]
@@ -94,17 +101,24 @@ def test_replay_reports_the_table_through_the_driver(tmp_path, local_ray, monkey
         for (epoch, value), (epoch_want, value_want) in zip(got, want[: len(got)], strict=True):
             assert epoch == epoch_want
             assert value == value_want or (math.isnan(value) and math.isnan(value_want))
-
-    # The budget: the stopper counted each epoch once, in the order the driver saw them, and ended the
-    # sweep once it was spent (the trials running then may each add an epoch or so).
-    assert len(stop.events) == sum(len(r) for r in rows.values())
-    assert budget <= len(stop.events) <= budget + 2 * 11
-    curve = replay.best_curve(stop.events, budget)
+    # The stopper saw each epoch once, in the order the driver did.
+    assert len(record.events) == sum(len(r) for r in rows.values())
+    curve = replay.best_curve(record.events, len(record.events))
     assert np.all(np.diff(curve[np.isfinite(curve)]) <= 0)
-
     # What TPE and ASHA were told is what the replayed trials reported, on ASHA's clock.
     check_optuna(sweep.searcher, summary, rows, "finetune_epoch")
     check_asha(sweep.scheduler, rows, "finetune_epoch")
+
+
+def test_the_budget_ends_the_sweep(tmp_path, local_ray, monkeypatch):
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
+    table_file = write_toy_table(tmp_path / "table.json.gz")
+    budget = replay.Budget(40)
+    _, _, _, rows = replay_sweep(tmp_path, table_file, budget, num_samples=1000)
+    spent = sum(len(r) for r in rows.values())
+    # Spent, then ended: the trials running at that moment add at most an epoch or so each.
+    assert len(budget.events) == spent
+    assert 40 <= spent <= 40 + 2 * 11
 
 
 def test_best_curve_counts_only_full_length_trials_and_the_budget_fraction():
