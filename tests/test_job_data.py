@@ -8,7 +8,6 @@ as in test_jobs_and_metrics.py; the fast cases of the same rules are in test_dat
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from synthetic import write_trial_stores
-from test_jobs_and_metrics import RAY, REPO, head_node  # noqa: F401  (fixture reused)
+from test_jobs_and_metrics import RAY, REPO, head_node, submit_job  # noqa: F401  (fixture reused)
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -32,7 +31,7 @@ def _submit(address: str, entrypoint: list[str], env_vars: dict[str, str] | None
     if env_vars:
         cmd += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
     started = time.time()
-    out = subprocess.run([*cmd, "--", *entrypoint], capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    out = submit_job([*cmd, "--", *entrypoint], timeout=timeout)
     return out.returncode, out.stdout + out.stderr, time.time() - started
 
 

@@ -81,6 +81,19 @@ def head_node():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def submit_job(
+    cmd: list[str], timeout: float, wait_for_agent_s: float = 180.0
+) -> subprocess.CompletedProcess[str]:
+    """`ray job submit`, retried while the fresh head's job agent has not registered yet (Ray answers
+    "No available agent to submit job, please try again later"; seen on a loaded 2-core machine)."""
+    deadline = time.time() + wait_for_agent_s
+    while True:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        if "No available agent to submit job" not in out.stdout + out.stderr or time.time() > deadline:
+            return out
+        time.sleep(3)
+
+
 def test_ray_job_submit_runs_the_sweep_to_success(head_node, stores, tmp_path):  # noqa: F811
     spec_file = write_spec(tmp_path / "spec.yaml", stores, tmp_path / "unused", num_samples=3, concurrent=2)
     storage = tmp_path / "runs"
@@ -89,7 +102,7 @@ def test_ray_job_submit_runs_the_sweep_to_success(head_node, stores, tmp_path): 
         "--runtime-env", str(REPO / "cluster" / "runtime_env.yaml"),
         "--", sys.executable, "-m", "ecgtune", "sweep", str(spec_file), "--storage-path", str(storage),
     ]  # fmt: skip
-    out = subprocess.run(submit, capture_output=True, text=True, timeout=600, cwd=REPO)
+    out = submit_job(submit, timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     assert "succeeded" in (out.stdout + out.stderr).lower()
     summaries = list(storage.glob("sweeptest-*/summary.json"))
