@@ -71,6 +71,11 @@ def head_node():
         RAY, "start", "--head", f"--port={free_port()}", f"--dashboard-port={dashboard_port}",
         "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=2",
         f"--temp-dir={temp}", "--disable-usage-stats", "--include-dashboard=true",
+        # Ports of its own for the head's agents: Ray's defaults (52365, ...) are taken whenever another
+        # Ray runs on the machine, and a head whose job agent cannot bind never accepts a job.
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
     ]  # fmt: skip
     started = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     try:
