@@ -8,6 +8,7 @@ space of `bench/curve_table.yaml` (every space entry is categorical); the data a
 measurement-program label noise, validation fold of 221 ECGs).
 
     python -m bench.curve_table build --workers 2      # ~2 h on 2 cores; resumes where it stopped
+    python -m bench.curve_table verify --rows 2        # older rows reproduce with today's code?
     python -m bench.curve_table pack                   # -> bench/data/curve_table.json.gz
     python -m bench.curve_table show                   # a summary of the packed table
 
@@ -27,6 +28,7 @@ import os
 import random
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -52,9 +54,14 @@ EPOCH_KEYS = (
 )
 
 
+def grid_keys(space: Mapping[str, Any]) -> list[str]:
+    """The grid's axes: every space entry but the `same_as` copies, which follow their target."""
+    return sorted(k for k in space if space[k].type != "same_as")
+
+
 def grid(space: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every configuration of a space whose entries are all categorical, in a fixed order."""
-    keys = sorted(space)
+    """Every configuration of a space whose entries are all categorical (or copies), in a fixed order."""
+    keys = grid_keys(space)
     not_grid = [k for k in keys if space[k].type != "categorical"]
     if not_grid:
         raise ValueError(f"{SPACE_SPEC}: search.space entries {not_grid} are not categorical: not a grid")
@@ -76,7 +83,7 @@ def load_space_spec(path: Path = SPACE_SPEC):
 # ------------------------------------------------------------------------------------------ build
 
 
-def _train_one(args: tuple[dict[str, Any], str]) -> dict[str, Any]:
+def _train_one(args: tuple[dict[str, Any], str, str]) -> dict[str, Any]:
     """Train one configuration through every epoch; its row of the table."""
     import math
 
@@ -86,7 +93,7 @@ def _train_one(args: tuple[dict[str, Any], str]) -> dict[str, Any]:
     from ecgtune.spec import apply_params, spec_from_dict
     from ecgtune.stages import TwoStageRun
 
-    params, spec_json = args
+    params, spec_json, commit = args
     torch.set_num_threads(1)  # one configuration per core
     spec = apply_params(spec_from_dict(json.loads(spec_json)), params)
     started = time.perf_counter()
@@ -106,6 +113,7 @@ def _train_one(args: tuple[dict[str, Any], str]) -> dict[str, Any]:
         "key": config_key(params),
         "parameters": n_params,
         "setup_seconds": setup_seconds,
+        "git_commit": commit,  # the code that trained this row (a table may grow over several commits)
         "epochs": epochs,
     }
 
@@ -135,14 +143,37 @@ def build(work: Path, workers: int, seed: int) -> None:
     todo = [c for c in configs if config_key(c) not in done]
     print(f"{len(configs)} configurations, {len(done)} done, {len(todo)} to train on {workers} processes")
     spec_json = _resolved_spec_json(spec)
+    commit = _git_commit()
     progress = Progress(len(todo), "curve table", unit="configuration")
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(workers, maxtasksperchild=8) as pool, rows_file.open("a") as out:
-        for row in pool.imap_unordered(_train_one, [(c, spec_json) for c in todo]):
+        for row in pool.imap_unordered(_train_one, [(c, spec_json, commit) for c in todo]):
             out.write(json.dumps(row) + "\n")
             out.flush()
             progress.update(1)
     progress.close()
+
+
+def verify(work: Path, n: int, seed: int) -> None:
+    """Retrain `n` rows already in the table with today's code and print how far their recorded
+    objectives and MAEs are from the new ones: a table that grew over several commits is one table
+    only if the older rows reproduce."""
+    rows = [json.loads(line) for line in (work / "rows.jsonl").read_text().splitlines() if line.strip()]
+    picked = random.Random(seed).sample(rows, n)
+    spec_json = _resolved_spec_json(load_space_spec())
+    commit = _git_commit()
+    for old in picked:
+        new = _train_one((old["config"], spec_json, commit))
+        worst = max(
+            abs((a[k] or 0.0) - (b[k] or 0.0))
+            for a, b in zip(old["epochs"], new["epochs"], strict=True)
+            for k in EPOCH_KEYS
+            if k == "objective" or k.startswith("ptbxl_val_mae_")
+        )
+        print(
+            f"{old['key']}: recorded at {old.get('git_commit', 'unknown')[:8]}, retrained at {commit[:8]}: "
+            f"largest difference over {len(new['epochs'])} epochs {worst:.3g}"
+        )
 
 
 # ------------------------------------------------------------------------------------------- pack
@@ -157,7 +188,7 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def provenance(spec) -> dict[str, Any]:
+def provenance(spec, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Where the table's numbers come from: generator seeds, store keys, code, machine."""
     import platform
 
@@ -179,11 +210,15 @@ def provenance(spec) -> dict[str, Any]:
         }
     return {
         "ecgtune_version": __version__,
-        "git_commit": _git_commit(),
+        "git_commits": dict(Counter(r.get("git_commit", "unknown") for r in rows)),  # commit: rows
         "space_spec": SPACE_SPEC.read_text(),
         "stores": stores,
         "demo_recipe": "ecgtune.data.demo: DeepFake GAN n=640 seed 0; simulated PTB-XL n=2200 seed 0 "
         "with label noise",
+        # The table's stores were built once, at the first rows' time; later rows read the same stores.
+        "stores_built_by": "commit 2f73845 (`ecgtune data demo`; rebuilt at that commit on 2026-12-02 the "
+        "fine-tuning store's signals and labels are byte-identical; later simulators centre PR at 160 ms "
+        "rather than 156 ms, so today's demo store differs; the DeepFake store is unchanged)",
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
@@ -205,7 +240,7 @@ def pack(work: Path, out: Path = TABLE_FILE) -> None:
         "format": TABLE_FORMAT,
         "configurations": len(expected),
         "missing": missing,
-        "provenance": provenance(spec),
+        "provenance": provenance(spec, rows),
         "rows": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -277,6 +312,10 @@ def main() -> None:
     b.add_argument("--work", type=Path, default=Path("runs/curve-table"))
     b.add_argument("--workers", type=int, default=2)
     b.add_argument("--seed", type=int, default=0, help="order of the configurations")
+    v = sub.add_parser("verify", help="retrain a few recorded rows with today's code and compare")
+    v.add_argument("--work", type=Path, default=Path("runs/curve-table"))
+    v.add_argument("--rows", type=int, default=2)
+    v.add_argument("--seed", type=int, default=0)
     k = sub.add_parser("pack", help="compress the rows with their provenance")
     k.add_argument("--work", type=Path, default=Path("runs/curve-table"))
     k.add_argument("--out", type=Path, default=TABLE_FILE)
@@ -285,6 +324,8 @@ def main() -> None:
     args = p.parse_args()
     if args.command == "build":
         build(args.work, args.workers, args.seed)
+    elif args.command == "verify":
+        verify(args.work, args.rows, args.seed)
     elif args.command == "pack":
         pack(args.work, args.out)
     else:

@@ -9,12 +9,14 @@ replayed epoch sleeps its recorded wall time times `--time-scale`, so trials of 
 configurations interleave on ASHA's asynchronous rungs as they would on a cluster.
 
 Strategies, each for several seeds at an equal budget of trial-epochs (every epoch any trial trains):
-  tpe_asha       TPE + ASHA as ecgtune ships it (stopped trials told PRUNED at ASHA's clock)
+  tpe_asha       TPE + ASHA as ecgtune ships it (stopped trials told PRUNED at ASHA's clock; the smoke
+                 sweep's ASHA: rungs at fine-tuning epochs 3 and 6)
   stock_optuna   the same with Ray's stock OptunaSearch (stopped trials told COMPLETE)
   random_asha    random search + ASHA
   random_no_es   random search, every trial to the end
   tpe_asha_all   TPE + ASHA counting all epochs (pretraining's zero-shot read-outs too) on ASHA's clock
-  tpe_asha_grace5  TPE + ASHA whose first rung is fine-tuning epoch 5 (the table's spec: epoch 1)
+  tpe_asha_grace1  TPE + ASHA with rungs at fine-tuning epochs 1, 3, 9 (grace 1, reduction factor 3)
+  tpe_asha_grace5  TPE + ASHA whose only rung is fine-tuning epoch 5
   fixed          the spec's base configuration (one trial)
 "Best so far" counts only trials that trained every epoch: a stopped trial's low-fidelity value is not
 a model anyone would deploy.
@@ -47,7 +49,7 @@ import numpy as np
 from ray import tune
 from ray.tune.search.optuna import OptunaSearch
 
-from bench.curve_table import SPACE_SPEC, TABLE_FILE, CurveTable, final_objective
+from bench.curve_table import SPACE_SPEC, TABLE_FILE, CurveTable, final_objective, grid_keys
 from ecgtune.searchers import PruneAwareOptunaSearch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +62,7 @@ STRATEGIES = (
     "random_asha",
     "random_no_es",
     "tpe_asha_all",
+    "tpe_asha_grace1",
     "tpe_asha_grace5",
     "fixed",
 )
@@ -73,9 +76,8 @@ _TABLES: dict[str, CurveTable] = {}  # per worker process: the table, read once
 def searched_values(spec: Any) -> dict[str, Any]:
     """The table's key of a trial's resolved spec: its value at every key of the table's space
     (`model.<knob>[.<index>]` or `<stage>.<setting>`), whether a searcher or a variant chose it."""
-    space = _table_space()
     values = {}
-    for key in space:
+    for key in grid_keys(_table_space()):
         head, _, rest = key.partition(".")
         if head == "model":
             knob, _, index = rest.partition(".")
@@ -161,6 +163,8 @@ def strategy_spec(name: str, seed: int, table: Path, time_scale: float, concurre
         asha = None
     if name == "tpe_asha_all":
         asha = asha.model_copy(update={"clock": "all"})
+    if name == "tpe_asha_grace1":
+        asha = asha.model_copy(update={"grace_period": 1, "reduction_factor": 3})
     if name == "tpe_asha_grace5":
         asha = asha.model_copy(update={"grace_period": 5})
     search = search.model_copy(
