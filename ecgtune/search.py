@@ -240,7 +240,17 @@ def run_sweep(
     # most epochs, and warn each time that this "may become a bottleneck": it takes milliseconds here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     spec = resolve_data(spec)  # before Ray: a missing store fails in a second, not after Ray's start-up
-    _init_ray(address)
+    connected = _init_ray(address)
+    try:
+        return _fit(spec, storage, resume)
+    finally:
+        # Whoever starts Ray stops it: a local Ray left running after its sweep keeps its daemons and
+        # idle workers on the cores that `ecgtune demo` then trains the final model on.
+        if connected:
+            ray.shutdown()
+
+
+def _fit(spec: Spec, storage: str, resume: str | None) -> SweepResult:
     started = time.time()
     if resume:
         experiment_path = _latest_experiment(storage, spec.name) if resume == "latest" else resume
@@ -267,15 +277,16 @@ def _with_resources(trainable: Callable[[dict[str, Any]], None], spec: Spec) -> 
     return tune.with_resources(trainable, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
 
 
-def _init_ray(address: str | None) -> None:
+def _init_ray(address: str | None) -> bool:
+    """Start a local Ray or connect to a cluster, unless this process already did; whether it did."""
     if ray.is_initialized():
-        return
+        return False
     # Under `ray job submit`, RAY_ADDRESS points at the cluster; otherwise start a local Ray.
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         _check_cluster_answers(address)
         ray.init(address=address, log_to_driver=False)
-        return
+        return True
     # A local Ray for one machine keeps every socket on 127.0.0.1: Ray 2.60 otherwise listens on the
     # machine's interfaces, and its job API runs code for anyone who reaches it. Ray reads this setting
     # when it is imported, which has happened by now: set it for the daemons this call starts, and for
@@ -285,6 +296,7 @@ def _init_ray(address: str | None) -> None:
     # "local", never None: None joins the cluster `ray start` last recorded on this machine, and waits
     # forever on one that died uncleanly.
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    return True
 
 
 def _check_cluster_answers(address: str, timeout_s: float = 5.0) -> None:

@@ -149,3 +149,31 @@ def test_gpu_sweep_on_fake_gpus_fails_at_once_or_falls_back_when_asked(stores, t
     assert all(t["epochs"] == 0 for t in refused["trials"])  # failed before training anything
     assert [t["status"] for t in allowed["trials"]] == ["finished", "finished"]
     assert [t["device"] for t in allowed["trials"]] == ["cpu", "cpu"]
+
+
+@pytest.mark.parametrize("connected", [True, False])
+@pytest.mark.parametrize("fails", [True, False])
+def test_run_sweep_stops_the_ray_it_started_and_only_that(monkeypatch, stores, tmp_path, connected, fails):
+    """A local Ray left up after its sweep keeps daemons and idle workers on the cores the demo's final
+    training uses next; a Ray the caller started (a test fixture, `ray job submit`'s driver) stays."""
+    import ray
+
+    import ecgtune.search
+
+    spec = write_spec(tmp_path / "spec.yaml", stores, tmp_path / "runs", num_samples=2)
+    shutdowns = []
+
+    def fit(*args):
+        if fails:
+            raise RuntimeError("the sweep failed")
+        return "result"
+
+    monkeypatch.setattr(ecgtune.search, "_init_ray", lambda address: connected)
+    monkeypatch.setattr(ecgtune.search, "_fit", fit)
+    monkeypatch.setattr(ray, "shutdown", lambda: shutdowns.append(1))
+    if fails:
+        with pytest.raises(RuntimeError, match="the sweep failed"):
+            ecgtune.search.run_sweep(spec)
+    else:
+        assert ecgtune.search.run_sweep(spec) == "result"
+    assert shutdowns == ([1] if connected else [])
