@@ -69,11 +69,12 @@ def format_predictions(preds: list[RecordPrediction], fmt: str = "table") -> str
         rows = ["record,windows," + ",".join(f"{t}_{TARGETS[t].unit}" for t in targets)]
         rows += [f"{p.record},{p.windows}," + ",".join(f"{p.values[t]:.1f}" for t in targets) for p in preds]
         return "\n".join(rows)
-    head = f"{'record':<40} {'windows':>7} " + " ".join(
+    width = max([len("record"), *(len(p.record) for p in preds)])  # a cut path names another record
+    head = f"{'record':<{width}} {'windows':>7} " + " ".join(
         f"{TARGETS[t].title + ' ' + TARGETS[t].unit:>9}" for t in targets
     )
     rows = [head] + [
-        f"{p.record[-40:]:<40} {p.windows:>7} " + " ".join(f"{p.values[t]:>9.1f}" for t in targets)
+        f"{p.record:<{width}} {p.windows:>7} " + " ".join(f"{p.values[t]:>9.1f}" for t in targets)
         for p in preds
     ]
     return "\n".join(rows)

@@ -13,7 +13,7 @@ from synthetic import synthetic_ecgs_with_labels, write_synthetic_store
 from ecgtune.cli import main
 from ecgtune.data.deepfake import write_asc
 from ecgtune.final import RepeatedTestEvaluation, TrainingDiverged, train_final
-from ecgtune.predict import predict_records, read_windows
+from ecgtune.predict import RecordPrediction, format_predictions, predict_records, read_windows
 from ecgtune.spec import DataSpec, ModelSpec, Spec, StageSpec, StagesSpec, StoreSpec, dump_spec
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "physionet"
@@ -151,3 +151,14 @@ def test_final_training_that_diverges_raises_before_reading_the_test_fold(tmp_pa
     dump_spec(spec, tmp_path / "spec.yaml")
     # The CLI names the error instead of printing a traceback.
     assert main(["train", str(tmp_path / "spec.yaml"), "-o", str(tmp_path / "out2")]) == 2
+
+
+def test_prediction_table_names_each_record_whole():
+    """Two records whose paths end alike must not print as the same name (the table once kept 40 chars)."""
+    long = "/data/site-a/" + "x" * 40 + "/s0010_re"
+    other = "/data/site-b/" + "x" * 40 + "/s0010_re"
+    table = format_predictions(
+        [RecordPrediction(r, 3, {"hr": 60.0, "qt": 400.0}) for r in (long, other)]
+    ).splitlines()
+    assert table[1].startswith(long + " ") and table[2].startswith(other + " ")
+    assert table[0].index("windows") + len("windows") == table[1].index(" 3 ") + 2  # columns line up
