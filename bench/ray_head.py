@@ -1,8 +1,10 @@
-"""A fresh `ray start --head` on 127.0.0.1 for the scripts that submit jobs to it, and its stopping.
+"""A fresh `ray start --head` on 127.0.0.1 for the benchmarks and tests that talk to one, and its stopping.
 
-Every head gets its own temp dir and its own auth token file (token auth is on by default in
-Ray >= 2.52): nothing is shared with another Ray on the machine. It is stopped by killing the
-processes of its temp dir, never `ray stop` (which kills every Ray process of the user on the host).
+Every head gets its own temp dir, its own auth token file (token auth is on by default in Ray >= 2.52)
+and its own ports, its agents' included: nothing is shared with another Ray on the machine. (With Ray's
+default agent ports, a second head's job agent cannot bind while another Ray runs, and every
+`ray job submit` then answers "No available agent".) It is stopped by killing the processes of its
+temp dir, never `ray stop` (which kills every Ray process of the user on the host).
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ class Head:
 
 
 def start_head(num_cpus: int = 2, extra_env: dict[str, str] | None = None) -> Head:
-    """A head with the dashboard on 127.0.0.1, every socket on loopback, its own token."""
+    """A head with the dashboard on 127.0.0.1, every socket on loopback, its own token and ports.
+    `extra_env` reaches the head's processes (and so every job's) and `Head.env`."""
     temp = Path(tempfile.mkdtemp(prefix="ecgtune-h-", dir="/tmp"))  # short: Ray's socket paths are limited
     token_file = temp / "auth_token"
     token_file.write_text(secrets.token_hex(32))
@@ -66,6 +69,9 @@ def start_head(num_cpus: int = 2, extra_env: dict[str, str] | None = None) -> He
         "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
         "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
         f"--temp-dir={temp}", "--disable-usage-stats", "--include-dashboard=true",
+        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
+        f"--ray-client-server-port={free_port()}",
     ]  # fmt: skip
     try:
         head.ray(*cmd)

@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 from synthetic import write_trial_stores
-from test_jobs_and_metrics import RAY, REPO, head_node, submit_job  # noqa: F401  (fixture reused)
+from test_jobs_and_metrics import REPO, head_node, submit_job  # noqa: F401  (fixture reused)
+
+from bench.ray_head import RAY, Head
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
@@ -26,12 +28,12 @@ def no_data_env(monkeypatch):
     monkeypatch.delenv("ECGTUNE_DATA", raising=False)
 
 
-def _submit(address: str, entrypoint: list[str], env_vars: dict[str, str] | None = None, timeout: int = 300):
-    cmd = [RAY, "job", "submit", "--address", address, "--working-dir", str(REPO)]
+def _submit(head: Head, entrypoint: list[str], env_vars: dict[str, str] | None = None, timeout: int = 300):
+    cmd = [RAY, "job", "submit", "--address", head.dashboard, "--working-dir", str(REPO)]
     if env_vars:
         cmd += ["--runtime-env-json", json.dumps({"env_vars": env_vars})]
     started = time.time()
-    out = submit_job([*cmd, "--", *entrypoint], timeout=timeout)
+    out = submit_job(head, [*cmd, "--", *entrypoint], timeout=timeout)
     return out.returncode, out.stdout + out.stderr, time.time() - started
 
 

@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -29,9 +28,9 @@ from pathlib import Path
 import pytest
 import yaml
 from grafana_board import load_board, panel_queries, substitute, variable_queries
-from test_jobs_and_metrics import RAY, kill_processes_under
 from test_sweep import stores, write_spec  # noqa: F401  (fixture reused)
 
+from bench.ray_head import free_port, start_head, stop_head
 from ecgtune.experiment import STATUSES
 from ecgtune.metrics import STAGE_VALUES
 
@@ -53,14 +52,6 @@ REPORT_INTERVAL_ENV = {"RAY_metrics_report_interval_ms": "1000"}
 SD_FILE = "prom_metrics_service_discovery.json"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_for(what: str, check, timeout: float, every: float = 0.5):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -73,21 +64,11 @@ def _wait_for(what: str, check, timeout: float, every: float = 0.5):
 
 @pytest.fixture
 def head():
-    temp = tempfile.mkdtemp(prefix="ecgtune-mon-", dir="/tmp")  # short: Ray's socket paths are limited
-    gcs_port, dashboard_port = _free_port(), _free_port()
-    cmd = [
-        RAY, "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
-        "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-        f"--temp-dir={temp}", "--disable-usage-stats", "--include-dashboard=true",
-    ]  # fmt: skip
-    env = {**os.environ, **REPORT_INTERVAL_ENV}
-    started = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    head = start_head(extra_env=REPORT_INTERVAL_ENV)
     try:
-        assert started.returncode == 0, started.stdout + started.stderr
-        yield {"temp": Path(temp), "address": f"127.0.0.1:{gcs_port}"}
+        yield head
     finally:
-        kill_processes_under(temp)
-        shutil.rmtree(temp, ignore_errors=True)
+        stop_head(head)
 
 
 def _prometheus_config(session: Path, out: Path) -> Path:
@@ -112,9 +93,9 @@ def _prometheus_config(session: Path, out: Path) -> Path:
 
 @pytest.fixture
 def prometheus(head, tmp_path):
-    session = Path(os.path.realpath(head["temp"] / "session_latest"))
+    session = Path(os.path.realpath(head.temp / "session_latest"))
     config = _prometheus_config(session, tmp_path / "prometheus.yml")
-    port = _free_port()
+    port = free_port()
     cmd = [
         PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn",
@@ -176,9 +157,8 @@ def test_every_grafana_panel_returns_its_series_from_a_real_prometheus(head, pro
     (by_state,) = [q for q in queries if q.instant and "state" in q.legend_labels]
 
     # The sweep's driver on the head, as `ecgtune sweep --address` (a submitted job's driver is the same).
-    env = {**os.environ, **REPORT_INTERVAL_ENV, "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [sys.executable, "-m", "ecgtune", "sweep", str(spec_file), "--address", head["address"]]
+    env = {**head.env, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "ecgtune", "sweep", str(spec_file), "--address", head.gcs]
     start = time.time()
     with open(tmp_path / "driver.log", "w") as log:
         driver = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
