@@ -8,6 +8,7 @@ import secrets
 import shutil
 import tempfile
 
+import pytest
 import torch
 
 # Two cores are shared with Ray workers in some tests: one intra-op thread keeps CPU timing
@@ -26,3 +27,15 @@ if "RAY_AUTH_TOKEN_PATH" not in os.environ:
         f.write(secrets.token_hex(32))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray for one test module's sweeps (loopback and token from the settings above)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

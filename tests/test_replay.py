@@ -58,17 +58,6 @@ def write_toy_table(path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def replay_sweep(tmp_path: Path, table_file: Path, stop, num_samples: int):
     from ecgtune.search import build_tuner, summarize
 

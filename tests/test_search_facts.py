@@ -30,17 +30,6 @@ def _progress_table(monkeypatch):
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def sweep_spec(
     stores: Path, storage: Path, *, space: dict, clock: str, finetune_epochs: int, **search
 ) -> Any:
