@@ -273,6 +273,16 @@ class CurveTable:
             raise KeyError(f"{self.path}: no row for configuration {key}")
         return self.rows[key]["epochs"]
 
+    def require_grid(self, space: Mapping[str, Any]) -> None:
+        """Refuse a table without a row for every configuration of `space`: a replay would suggest one
+        and fail that trial, and then the next, without ever spending its budget."""
+        missing = [c for c in grid(space) if config_key(c) not in self.rows]
+        if missing:
+            raise ValueError(
+                f"{self.path}: no row for {len(missing)} of the grid's {len(grid(space))} configurations "
+                f"of {SPACE_SPEC} (e.g. {config_key(missing[0])}); build and pack the table for this space"
+            )
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.rows.values())
 

@@ -223,24 +223,18 @@ def run_strategy(
 ) -> dict[str, Any]:
     """One seed of one strategy through ecgtune's driver; the events in the order the driver saw them.
     `searcher`: a class the driver builds in place of ecgtune's searcher (same constructor)."""
-    from unittest import mock
-
     import ecgtune.search as driver
-    import ecgtune.searchers
 
     spec = strategy_spec(name, seed, table, time_scale, concurrency)
     if num_samples is not None and spec.search is not None:
         spec = spec.model_copy(update={"search": spec.search.model_copy(update={"num_samples": num_samples})})
     stop = Budget(budget)
     searcher = StockOptunaSearch if name == "stock_optuna" else searcher
-    patch = (
-        mock.patch.object(ecgtune.searchers, "PruneAwareOptunaSearch", searcher)
-        if searcher is not None
-        else contextlib.nullcontext()
-    )
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as storage, patch, contextlib.redirect_stdout(io.StringIO()):
-        sweep = driver.build_tuner(spec, storage, f"replay-{name}-{seed}", trainable=replay_trial, stop=stop)
+    with tempfile.TemporaryDirectory() as storage, contextlib.redirect_stdout(io.StringIO()):
+        sweep = driver.build_tuner(
+            spec, storage, f"replay-{name}-{seed}", trainable=replay_trial, stop=stop, searcher_class=searcher
+        )
         sweep.tuner.fit()
     wall = time.perf_counter() - started
     states = sweep.searcher.study_states() if sweep.searcher is not None else None
@@ -354,6 +348,7 @@ def analyse(runs: list[dict[str, Any]], budget: int, table: CurveTable) -> dict[
 
 def cmd_run(args: argparse.Namespace) -> None:
     table = CurveTable(args.table)
+    table.require_grid(_table_space())
     epochs = len(next(iter(table))["epochs"])
     budget = args.budget_trials * epochs
     seeds = range(args.seeds)
@@ -395,6 +390,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_driver_cost(args: argparse.Namespace) -> None:
     """The driver's wall time per trial as the trial count grows, and TPE's suggestion time in it."""
+    CurveTable(args.table).require_grid(_table_space())
     init_ray()
     SUGGEST_SECONDS.clear()
     r = run_strategy(

@@ -181,9 +181,11 @@ def build_tuner(
     experiment_name: str,
     trainable: Callable[[dict[str, Any]], None] = run_trial,
     stop: tune.Stopper | None = None,
+    searcher_class: type[PruneAwareOptunaSearch] | None = None,
 ) -> Sweep:
-    """The Tuner of a sweep. `trainable` and `stop` are for benchmarks: a replay of recorded learning
-    curves in place of training (bench/replay.py), and a stop at a budget of trial-epochs."""
+    """The Tuner of a sweep. `trainable`, `stop` and `searcher_class` are for benchmarks: a replay of
+    recorded learning curves in place of training (bench/replay.py), a stop at a budget of
+    trial-epochs, and another searcher with the same constructor in place of ecgtune's."""
     search = spec.search
     trainable = _with_resources(trainable, spec)
     param_space: dict[str, Any] = {"spec": spec.model_dump(mode="json")}
@@ -194,7 +196,7 @@ def build_tuner(
         param_space["variant"] = tune.grid_search(list(spec.variants))
     elif search is not None:
         num_samples = search.num_samples
-        searcher = make_searcher(spec, study_name=experiment_name)
+        searcher = make_searcher(spec, study_name=experiment_name, searcher_class=searcher_class)
     scheduler = make_scheduler(spec)
     gauges = SweepGauges(spec.name, spec.total_epochs)
     tuner = tune.Tuner(

@@ -22,8 +22,11 @@ from ecgtune.sampler import make_sampler
 from ecgtune.spec import ASHASpec, Spec, asha_max_t
 
 
-def make_searcher(spec: Spec, study_name: str) -> PruneAwareOptunaSearch:
-    """The searcher of a sweep with a search section: TPE or random sampling of its space."""
+def make_searcher(
+    spec: Spec, study_name: str, searcher_class: type[PruneAwareOptunaSearch] | None = None
+) -> PruneAwareOptunaSearch:
+    """The searcher of a sweep with a search section: TPE or random sampling of its space.
+    `searcher_class` (same constructor) is for benchmarks that compare searchers (bench/replay.py)."""
     search = spec.search
     if search is None:
         raise ValueError(f"spec {spec.name!r} has no search section")
@@ -34,7 +37,7 @@ def make_searcher(spec: Spec, study_name: str) -> PruneAwareOptunaSearch:
         if search.searcher.algorithm == "tpe"
         else optuna.samplers.RandomSampler(seed=search.searcher.seed)
     )
-    return PruneAwareOptunaSearch(
+    return (searcher_class or PruneAwareOptunaSearch)(
         space=make_sampler(spec),  # picklable (resume re-loads the searcher)
         metric=OBJECTIVE,
         mode=MODE,

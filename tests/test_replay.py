@@ -128,3 +128,18 @@ def test_best_curve_counts_only_full_length_trials_and_the_budget_fraction():
     assert replay.budget_to_reach(curve, 1.0) == pytest.approx(0.5)
     assert replay.budget_to_reach(curve, 0.3) == pytest.approx(0.8)
     assert replay.budget_to_reach(curve, 0.1) == math.inf
+
+
+def test_a_table_without_a_row_for_every_configuration_is_refused_before_any_replay(tmp_path):
+    full = CurveTable(write_toy_table(tmp_path / "full.json.gz"))
+    space = load_space_spec().search.space
+    full.require_grid(space)  # every configuration has its row
+    with gzip.open(tmp_path / "full.json.gz", "rt") as f:
+        data = json.load(f)
+    dropped = data["rows"].pop(7)["key"]
+    with gzip.open(tmp_path / "short.json.gz", "wt") as f:
+        json.dump(data, f)
+    expected = r"short\.json\.gz: no row for 1 of the grid's \d+ configurations"
+    with pytest.raises(ValueError, match=expected) as e:
+        CurveTable(tmp_path / "short.json.gz").require_grid(space)
+    assert dropped in str(e.value)
