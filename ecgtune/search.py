@@ -46,6 +46,7 @@ from ecgtune.searchers import (
     saved_searcher,
 )
 from ecgtune.spec import Spec, StoreSpec, load_spec
+from ecgtune.stages import require_finetune_labels
 from ecgtune.sweep_log import SweepLog
 from ecgtune.targets import TARGETS, check_targets
 from ecgtune.trial import metrics_report_interval_s, run_trial
@@ -126,9 +127,11 @@ def resolve_data(spec: Spec) -> Spec:
     """Absolute store paths, so every trial reads the same files; a store that is not there fails the
     sweep before Ray starts, naming its path. Builds nothing: `ecgtune sweep` builds the demo stores
     before this (`ecgtune.data.demo.ensure_demo_data`)."""
+    finetune = require_store(spec.data.finetune)
+    require_finetune_labels(finetune, spec.targets)  # a target nobody labelled would score NaN: say so now
     data = spec.data.model_copy(
         update={
-            "finetune": StoreSpec(path=str(require_store(spec.data.finetune))),
+            "finetune": StoreSpec(path=str(finetune)),
             "pretrain": None
             if spec.data.pretrain is None
             else StoreSpec(path=str(require_store(spec.data.pretrain))),

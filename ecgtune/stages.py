@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ecgtune import __version__
+from ecgtune.data.checks import require_labelled
 from ecgtune.data.locate import require_store
 from ecgtune.data.store import ECGStore
 from ecgtune.experiment.results import DIVERGED, EPOCH, OBJECTIVE, TOTAL_EPOCHS
@@ -41,6 +42,15 @@ from ecgtune.train import Batches, Trainer, load_backbone, pick_device
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+
+
+def require_finetune_labels(path, targets) -> ECGStore:
+    """The fine-tuning store at `path`, refused (one line naming it) when its train or val split has no
+    label at all for one of `targets` (`ecgtune.data.checks.require_labelled`)."""
+    store = ECGStore(path)
+    for split in ("train", "val"):
+        require_labelled(store.split_labels(split), targets, f"store {store.path}, split {split!r}")
+    return store
 
 
 class TwoStageRun:
@@ -55,7 +65,7 @@ class TwoStageRun:
             raise ValueError("stages.pretrain.epochs + stages.finetune.epochs is 0: nothing to train")
 
         # Only the train and val splits are ever opened here: the test fold belongs to final evaluation.
-        self.finetune_store = ECGStore(require_store(spec.data.finetune))
+        self.finetune_store = require_finetune_labels(require_store(spec.data.finetune), self.targets)
         self.ptbxl_train = self.finetune_store.split("train", self.targets)
         self.ptbxl_val = Batches(self.finetune_store.split("val", self.targets), self.device)
         self.deepfake_val: Batches | None = None

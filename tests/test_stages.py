@@ -134,3 +134,26 @@ def test_run_ends_at_an_epoch_whose_objective_is_not_finite(stores, monkeypatch)
     assert second["diverged"] and second["objective"] == float("inf")
     assert math.isfinite(second["train_loss"])
     assert run.done and run.epochs_done == 2
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_a_target_without_any_label_in_train_or_val_is_refused_before_training(tmp_path, split):
+    """All-missing QT labels in one split: a NaN validation MAE would read as a diverged trial, and
+    nothing can be learned from no labels. The run (and, before Ray starts, the sweep) names the store,
+    split and target instead."""
+    import pandas as pd
+
+    from ecgtune.search import resolve_data
+
+    root = write_trial_stores(tmp_path / "stores")
+    labels_file = root / "ptbxl" / "labels.csv"
+    labels = pd.read_csv(labels_file)
+    labels.loc[labels["split"] == split, "qt"] = float("nan")
+    labels.to_csv(labels_file, index=False)
+    spec = make_spec(root)
+    expected = rf"store {root / 'ptbxl'}, split '{split}': none of its \d+ ECGs has a qt label"
+    with pytest.raises(ValueError, match=expected):
+        TwoStageRun(spec, device="cpu")
+    with pytest.raises(ValueError, match=expected):
+        resolve_data(spec)
+    TwoStageRun(spec.model_copy(update={"targets": ["hr"]}), device="cpu")  # HR alone still trains

@@ -59,6 +59,19 @@ def label_counts(labels: pd.DataFrame, dropped: pd.DataFrame) -> dict[str, dict[
     }
 
 
+def require_labelled(labels: pd.DataFrame, targets, where: object) -> None:
+    """Refuse a split in which some target has no label at all: a model cannot learn it from a
+    training split, and a validation split's MAE for it (so the objective) would be NaN, which reads
+    as a diverged trial. `labels`: the split's label rows."""
+    empty = [t for t in targets if not labels[t].notna().any()]
+    if empty:
+        raise ValueError(
+            f"{where}: none of its {len(labels)} ECGs has a {'/'.join(empty)} label; every target of the "
+            "spec needs labelled ECGs to train on and be scored against (drop it from `targets`, or "
+            "convert with a label source that has it)"
+        )
+
+
 def hr_from_rr(rr_ms: pd.Series) -> tuple[pd.Series, pd.Series]:
     """(hr bpm = 60000 / RR, mask of RRs <= 0): an RR of zero or less gives no HR (NaN) and counts as
     an implausible HR, not a missing one."""
