@@ -3,11 +3,11 @@ through every epoch of both stages, with the objective, the four MAEs and the wa
 
 Tabular HPO benchmarks (LCBench, NAS-Bench-201) train each configuration once and let searchers replay
 the recorded curves; `bench.replay` does that through ecgtune's real driver. The grid is the search
-space of `bench/curve_table.yaml` (every space entry is categorical); the data are the demo stores
-(pretraining on the DeepFake GAN's ECGs, fine-tuning on simulated PTB-XL with exact labels plus
-measurement-program label noise, validation fold of 221 ECGs).
+space of `bench/curve_table.yaml` (categorical entries, and same_as copies that follow them); the data
+are the demo stores (pretraining on the DeepFake GAN's ECGs, fine-tuning on simulated PTB-XL with exact
+labels plus measurement-program label noise, validation fold of 221 ECGs).
 
-    python -m bench.curve_table build --workers 2      # ~2 h on 2 cores; resumes where it stopped
+    python -m bench.curve_table build --workers 2      # ~1.6 h on 2 cores; resumes where it stopped
     python -m bench.curve_table verify --rows 2        # older rows reproduce with today's code?
     python -m bench.curve_table pack                   # -> bench/data/curve_table.json.gz
     python -m bench.curve_table show                   # a summary of the packed table
