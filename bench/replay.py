@@ -507,7 +507,7 @@ def plot(result: Mapping[str, Any], path: Path) -> None:
     ax.axhline(result["analysis"]["table_best"], color="black", lw=0.8, label="best in the table")
     ax.set_xlabel("budget spent (trial-epochs)")
     ax.set_ylabel("best full-length objective so far")
-    ax.set_title("Replay of the learning-curve table through ecgtune's driver (band: IQR over seeds)")
+    ax.set_title("Learning-curve table replayed through ecgtune's driver (band: IQR over seeds)", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
