@@ -31,10 +31,11 @@ from typing import Any
 import torch
 
 from ecgtune import __version__
+from ecgtune.backbones import Backbone
 from ecgtune.data.checks import require_labelled
 from ecgtune.data.locate import require_store
 from ecgtune.data.store import ECGStore
-from ecgtune.experiment.results import DIVERGED, EPOCH, OBJECTIVE, TOTAL_EPOCHS
+from ecgtune.experiment.results import DIVERGED, EPOCH, OBJECTIVE, REUSED_EPOCH, TOTAL_EPOCHS
 from ecgtune.models import build_model
 from ecgtune.spec import Spec
 from ecgtune.targets import check_targets
@@ -81,11 +82,20 @@ class TwoStageRun:
         # Set by the epoch whose training loss or PTB-XL objective is not finite; that epoch's metrics say
         # so (`diverged`, objective NaN) and the run is then done. Never saved: a diverged run is not resumed.
         self.diverged = False
+        # The metrics of every pretraining epoch (saved with checkpoints), and the weights after the last
+        # one, set when this run switches stages itself: what a backbone entry holds (`ecgtune.reuse`).
+        self.pretrain_history: list[dict[str, Any]] = []
+        self.pretrained: dict[str, torch.Tensor] | None = None
+        # Pretraining epochs of a reused backbone (`start_from`) still to be reported, one per step(), and
+        # where that backbone came from (its key, trial, sweep, the seconds its pretraining took).
+        self._replay: list[dict[str, Any]] = []
+        self.reused_from: dict[str, Any] | None = None
 
     @property
     def epochs_done(self) -> int:
-        done_before = self.pretrain_epochs if self.stage == "finetune" else 0
-        return done_before + self.trainer.epoch
+        if self.stage == "pretrain":
+            return self.trainer.epoch
+        return self.pretrain_epochs - len(self._replay) + self.trainer.epoch
 
     @property
     def done(self) -> bool:
@@ -99,20 +109,70 @@ class TwoStageRun:
         cfg = self.spec.stages.finetune.train_config(self.spec.seed + 1)
         return Trainer(self.model, self.ptbxl_train, cfg, device=self.device)
 
-    def _start_finetuning(self) -> None:
-        """Switch stages: same backbone, a new head (unless transfer.keep_head), PTB-XL statistics."""
-        pretrained = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+    def _start_finetuning(self, pretrained: dict[str, torch.Tensor]) -> None:
+        """Switch stages: same backbone, a new head (unless transfer.keep_head), PTB-XL statistics.
+
+        The random generator is seeded here, so fine-tuning depends only on the pretrained weights, the
+        fine-tuning settings and the seed, and not on the generator's state after pretraining: a run that
+        starts from a stored backbone (`start_from`) then fine-tunes exactly as the run that pretrained it.
+        """
+        torch.manual_seed(self.spec.seed + 1)
         self.model = build_model(self.spec.network_config())
         load_backbone(self.model, pretrained, keep_head=self.spec.stages.transfer.keep_head)
         self.stage = "finetune"
         self.trainer = self._make_trainer()
 
+    def start_from(self, backbone: Backbone, reported: int = 0) -> None:
+        """Fine-tune `backbone` (pretrained by another run with the same backbone key) instead of
+        pretraining. The next steps report its pretraining epochs, marked `reused_epoch`, as this run would
+        have: `reported` of them were reported already (a trial resumed mid-pretraining).
+
+        The epochs' zero-shot PTB-XL read-outs are the entry's when they were measured on this run's
+        fine-tuning store; otherwise this run reads the loaded backbone out once on its own validation
+        fold, and every reused epoch carries that read-out (`readout: "loaded backbone"`)."""
+        if self.stage != "pretrain" or not self.pretrain_epochs:
+            raise RuntimeError("start_from: this run is not at its pretraining stage")
+        if len(backbone.epochs) != self.pretrain_epochs:
+            raise ValueError(
+                f"backbone {backbone.key} has {len(backbone.epochs)} pretraining epochs, this run plans "
+                f"{self.pretrain_epochs}"
+            )
+        replay = [dict(e) for e in backbone.epochs]
+        if backbone.readout_store != self.finetune_store.key:
+            self.model.load_state_dict(backbone.weights)
+            readout = self.trainer.evaluate(self.ptbxl_val)
+            for e in replay:
+                e.update(
+                    {OBJECTIVE: readout.objective, **readout.metrics("ptbxl_val_")}, readout="loaded backbone"
+                )
+        for e in replay:
+            # What this run reports for each reused epoch: the pretraining run's metrics, this run's plan.
+            e.update(
+                {
+                    TOTAL_EPOCHS: self.total_epochs,
+                    REUSED_EPOCH: True,
+                    "epoch_seconds": 0.0,
+                    "train_seconds": 0.0,
+                }
+            )
+        self.pretrain_history = [dict(e) for e in backbone.epochs]
+        self._replay = replay[reported:]
+        self.reused_from = {
+            "key": backbone.key,
+            "trial": backbone.provenance.get("trial"),
+            "sweep": backbone.provenance.get("sweep"),
+            "seconds": backbone.pretrain_seconds,
+        }
+        self._start_finetuning(backbone.weights)
+
     def step(self) -> dict[str, Any]:
         """Train one epoch of the current stage and return the metrics of that epoch."""
         if self.done:
             raise RuntimeError("all epochs are done")
+        if self._replay:
+            return self._replay.pop(0)
         if self.stage == "pretrain" and self.trainer.epoch >= self.pretrain_epochs:
-            self._start_finetuning()
+            self._switch()
         started = time.perf_counter()
         stats = self.trainer.train_epoch()
         stage, stage_epoch = self.stage, self.trainer.epoch
@@ -140,11 +200,18 @@ class TwoStageRun:
             elif self.deepfake_val is not None:
                 metrics.update(self.trainer.evaluate(self.deepfake_val).metrics("deepfake_val_"))
         metrics[DIVERGED] = self.diverged
-        if self.stage == "pretrain" and self.trainer.epoch >= self.pretrain_epochs and not self.done:
-            self._start_finetuning()
         # Training plus evaluation: what is not in here is overhead (bench/ray_overhead.py).
         metrics["epoch_seconds"] = time.perf_counter() - started
+        if stage == "pretrain":
+            self.pretrain_history.append(dict(metrics))
+            if self.trainer.epoch >= self.pretrain_epochs and not self.done:
+                self._switch()
         return metrics
+
+    def _switch(self) -> None:
+        """After this run's own last pretraining epoch: keep the weights (`pretrained`), fine-tune them."""
+        self.pretrained = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+        self._start_finetuning(self.pretrained)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -152,7 +219,14 @@ class TwoStageRun:
         """Weights, optimiser and schedule state (state.pt) plus human-readable metadata (meta.json)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save({"stage": self.stage, "trainer": self.trainer.state_dict()}, directory / STATE_FILE)
+        state = {
+            "stage": self.stage,
+            "trainer": self.trainer.state_dict(),
+            "pretrain_history": self.pretrain_history,
+            "replay": self._replay,  # reused epochs not yet reported
+            "reused_from": self.reused_from,
+        }
+        torch.save(state, directory / STATE_FILE)
         (directory / META_FILE).write_text(json.dumps(self.metadata(), indent=2))
 
     def metadata(self) -> dict[str, Any]:
@@ -175,3 +249,6 @@ class TwoStageRun:
             self.stage = state["stage"]
             self.trainer = self._make_trainer()
         self.trainer.load_state_dict(state["trainer"])
+        self.pretrain_history = list(state.get("pretrain_history", []))  # absent in older checkpoints
+        self._replay = list(state.get("replay", []))
+        self.reused_from = state.get("reused_from")

@@ -318,6 +318,9 @@ class Trainer:
         self.steps_per_epoch = self.train_batches.steps(config.batch_size, config.samples_per_epoch)
         self.scheduler = _make_schedule(self.optimizer, config, self.steps_per_epoch)
         self.epoch = 0  # epochs finished
+        # Training steps and evaluation batches done: what a backbone claim's heartbeat watches
+        # (`ecgtune.backbones.claims`), so a claim goes stale when its holder stops advancing.
+        self.progress = 0
         self._mean, self._std = self.standardizer.tensors(self.device)
 
     def train_epoch(self) -> EpochStats:
@@ -342,6 +345,7 @@ class Trainer:
             self.scheduler.step()
             total += loss.detach() * len(x)
             seen += len(x)
+            self.progress += 1
         self.epoch += 1
         mean_loss = total.item() / max(seen, 1)  # waits for the epoch's last step: seconds are then true
         return EpochStats(mean_loss, seen, time.perf_counter() - t0, self.optimizer.param_groups[0]["lr"])
@@ -355,6 +359,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
                 pred = self.forward(x)
             out.append(pred.float() * self._std + self._mean)
+            self.progress += 1
         # One copy to the host at the end, not one per batch (each would wait for the GPU).
         return torch.cat(out).cpu().numpy() if out else np.zeros((0, len(self.targets)), np.float32)
 

@@ -26,11 +26,16 @@ from ecgtune.experiment.reader import (
     trial_spec,
 )
 from ecgtune.experiment.results import (
+    BACKBONE_FROM,
+    BACKBONE_KEY,
+    BACKBONE_ORIGIN,
     DIVERGED,
     EPOCH,
     MAE_KEY,
     MODE,
     OBJECTIVE,
+    REUSED_EPOCH,
+    SAVED_SECONDS,
     STATUS_MEANING,
     STATUSES,
     TOTAL_EPOCHS,
@@ -41,6 +46,9 @@ from ecgtune.experiment.results import (
 from ecgtune.experiment.summary import sweep_summary, trial_summary
 
 __all__ = [
+    "BACKBONE_FROM",
+    "BACKBONE_KEY",
+    "BACKBONE_ORIGIN",
     "DIVERGED",
     "EPOCH",
     "ERROR_FILE",
@@ -48,6 +56,8 @@ __all__ = [
     "MODE",
     "OBJECTIVE",
     "PARAMS_FILE",
+    "REUSED_EPOCH",
+    "SAVED_SECONDS",
     "RESULT_FILE",
     "SPEC_FILE",
     "STATUSES",

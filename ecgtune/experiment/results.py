@@ -24,6 +24,14 @@ MODE = "min"
 MAE_KEY = "ptbxl_val_mae_{}"
 # True on the epoch whose training loss or objective stopped being finite; that epoch's objective is NaN.
 DIVERGED = "diverged"
+# Backbone reuse (`ecgtune.reuse`). REUSED_EPOCH: True on a pretraining epoch this trial did not train
+# but took, with its metrics, from the backbone store. Every result of a trial that pretrains carries
+# BACKBONE_KEY and BACKBONE_ORIGIN ("pretrained": it trained the backbone itself; "reused": it loaded
+# it), and a reused one BACKBONE_FROM (the trial and sweep that pretrained it) and SAVED_SECONDS (the
+# pretraining seconds that trial spent and this one did not).
+REUSED_EPOCH = "reused_epoch"
+BACKBONE_KEY, BACKBONE_ORIGIN, BACKBONE_FROM = "backbone_key", "backbone", "backbone_from"
+SAVED_SECONDS = "backbone_saved_seconds"
 
 STATUSES = ("finished", "stopped", "diverged", "error", "running")
 STATUS_MEANING = {

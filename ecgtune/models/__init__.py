@@ -12,6 +12,7 @@ model has `forward_features(x) -> (B, F)`, a linear `head` (every other paramete
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "count_parameters",
     "create_model",
     "flops_per_ecg",
+    "model_arguments",
     "model_names",
 ]
 
@@ -75,6 +77,26 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
         raise ValueError(f"model config needs a 'name' (one of {model_names()}); got keys {sorted(config)}")
     kwargs = dict(config)
     return create_model(kwargs.pop("name"), **kwargs)
+
+
+def model_arguments(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What `build_model(config)` builds, spelt out: the family and every constructor argument (the
+    preset's values, the caller's overrides, the constructor's defaults). Two configs that build the
+    same network give the same mapping (`resnet_paper` and `resnet` with its knobs; a knob written out at
+    its default value or left out), with tuples as lists. The backbone key hashes it."""
+    kwargs = dict(config)
+    name = kwargs.pop("name")
+    if name in MODEL_FAMILIES:
+        family, preset = name, {}
+    elif name in PRESETS:
+        family, preset = PRESETS[name]
+    else:
+        raise ValueError(f"unknown model {name!r}; known names: {model_names()}")
+    signature = inspect.signature(MODEL_FAMILIES[family])
+    args = {k: p.default for k, p in signature.parameters.items() if p.default is not p.empty}
+    args.update(preset)
+    args.update({k: v for k, v in kwargs.items() if v is not None})
+    return {"family": family, **{k: list(v) if isinstance(v, tuple) else v for k, v in sorted(args.items())}}
 
 
 def count_parameters(model: nn.Module) -> int:
