@@ -169,6 +169,28 @@ def _demo(args: argparse.Namespace) -> None:
     print(format_predictions(predict_records(final, [str(record)])))
 
 
+def _backbones_ls(args: argparse.Namespace) -> None:
+    from ecgtune.backbones import BackboneStore, describe_entry
+
+    store = BackboneStore(args.store)
+    if not store.is_store():
+        raise FileNotFoundError(f"{args.store}: not a backbone store (no STORE.json)")
+    entries = list(store.entries())
+    for entry in entries:
+        print(describe_entry(entry))
+    size = sum(e.bytes for e in entries) / 1e6
+    print(f"{len(entries)} backbones, {size:.2f} MB of weights in {args.store}")
+
+
+def _backbones_rm(args: argparse.Namespace) -> None:
+    from ecgtune.backbones import BackboneStore
+
+    store = BackboneStore(args.store)
+    for key in args.keys:
+        freed = store.remove(key)
+        print(f"removed backbone {key} ({freed / 1e6:.2f} MB) from {args.store}")
+
+
 def _simulate_epilog() -> str:
     from ecgtune.data.simulate import LABEL_DEFINITIONS
 
@@ -285,6 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", dest="format", action="store_const", const="json")
     pr.add_argument("--csv", dest="format", action="store_const", const="csv")
     pr.set_defaults(func=_predict)
+
+    bb = verbs.add_parser("backbones", help="list or remove pretrained backbones of a backbone store")
+    bv = bb.add_subparsers(dest="backbones_verb", required=True)
+    b = bv.add_parser("ls", help="keys, sizes and what each backbone was pretrained on")
+    b.add_argument(
+        "store", help="the store: a sweep's run.backbones (default <storage_path>/backbones), or a URI"
+    )
+    b.set_defaults(func=_backbones_ls)
+    b = bv.add_parser("rm", help="remove entries of a backbone store (nothing else)")
+    b.add_argument("store", help="the store (a folder holding STORE.json), or a URI")
+    b.add_argument("keys", nargs="+", help="keys to remove (as `ecgtune backbones ls` lists them)")
+    b.set_defaults(func=_backbones_rm)
 
     dm = verbs.add_parser(
         "demo", help="demo data -> smoke sweep -> report -> export -> final training -> prediction"

@@ -73,6 +73,16 @@ SWEEP_TRIALS = Series(
     "ecgtune_sweep_trials", "trials of a sweep by state, counted by the driver", ("sweep", "state"), "driver"
 )
 
+SWEEP_BACKBONE_LOOKUPS = Series(
+    "ecgtune_sweep_backbone_lookups",
+    "trials of a sweep by what they found in the backbone store: hit (reused a pretrained backbone) or "
+    "miss (pretrained it), counted by the driver from each trial's first result",
+    ("sweep", "result"),
+    "driver",
+)
+# ray_ecgtune_sweep_backbone_lookups' `result` label values.
+LOOKUP_RESULTS: dict[str, str] = {"reused": "hit", "pretrained": "miss"}
+
 SERIES: tuple[Series, ...] = (
     TRIAL_OBJECTIVE,
     TRIAL_FINETUNE_OBJECTIVE,
@@ -80,6 +90,7 @@ SERIES: tuple[Series, ...] = (
     TRIAL_EPOCH,
     TRIAL_STAGE,
     SWEEP_TRIALS,
+    SWEEP_BACKBONE_LOOKUPS,
 )
 BY_PROMETHEUS_NAME: dict[str, Series] = {s.prometheus_name: s for s in SERIES}
 

@@ -48,6 +48,7 @@ def _stderr(line: str) -> None:
 class SharedPretraining:
     """One run's side of the backbone store (see the module docstring).
 
+    `store` None (or a run that does not pretrain): nothing is shared, every method does nothing.
     `holder`: who claims (a trial id). `provenance`: what the entry records of the pretraining run
     (trial, sweep). `log`: where its one-line messages go (a refused entry, a wait).
     """
@@ -55,7 +56,7 @@ class SharedPretraining:
     def __init__(
         self,
         run: TwoStageRun,
-        store: BackboneStore,
+        store: BackboneStore | None,
         holder: str,
         provenance: dict[str, Any] | None = None,
         timing: ClaimTiming | None = None,
@@ -66,7 +67,7 @@ class SharedPretraining:
         self.provenance = dict(provenance or {})
         self.key: str | None = None
         self.material: dict[str, Any] | None = None
-        if run.pretrain_epochs:
+        if run.pretrain_epochs and store is not None:
             store_key = run.pretrain_store.key
             if store_key is None:
                 log(f"pretraining store {run.pretrain_store.path} has no content key: no backbone is shared")
@@ -112,8 +113,15 @@ class SharedPretraining:
             raise RuntimeError(f"{self.store.describe(self.key)}: refused three times in a row")
         self.waited_s = time.monotonic() - started
         if isinstance(got, Backbone):
-            # A trial resumed mid-pretraining reported its first epochs already.
-            run.start_from(got, reported=run.trainer.epoch)
+            try:
+                # A trial resumed mid-pretraining reported its first epochs already.
+                run.start_from(got, reported=run.trainer.epoch)
+            except ValueError as exc:  # weights that do not fit this model (load_backbone's check)
+                refusal = f"{self.store.describe(self.key)}: does not fit this model ({exc}); not loaded"
+                self.log(f"{refusal}; pretraining it again")
+                self.refused.append(refusal)
+                self.store.quarantine(self.key)
+                self.prepare()
         else:
             self.claim = got
 

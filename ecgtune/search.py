@@ -27,9 +27,11 @@ from ray.util.metrics import Gauge
 
 from ecgtune.data.locate import require_store
 from ecgtune.experiment import (
+    BACKBONE_ORIGIN,
     EPOCH,
     MODE,
     OBJECTIVE,
+    REUSED_EPOCH,
     STATUSES,
     sweep_summary,
     trial_status,
@@ -37,8 +39,9 @@ from ecgtune.experiment import (
     write_spec,
     write_summary,
 )
-from ecgtune.metrics import SWEEP_TRIALS, KeptGauge
+from ecgtune.metrics import LOOKUP_RESULTS, SWEEP_BACKBONE_LOOKUPS, SWEEP_TRIALS, KeptGauge
 from ecgtune.searchers import (
+    BackboneSharingSearch,
     DivergenceAwareASHA,
     PruneAwareOptunaSearch,
     make_scheduler,
@@ -68,6 +71,10 @@ class SweepGauges(tune.Callback):
         self.max_epochs = max_epochs
         self.counts: Counter[str] = Counter()
         self.gauge: KeptGauge | None = None
+        # Backbone store hits and misses, one per trial, from the first result that says which.
+        self.lookups: Counter[str] = Counter()
+        self._looked_up: set[str] = set()
+        self.lookup_gauge: KeptGauge | None = None
 
     def _publish(self) -> None:
         if self.gauge is None:
@@ -79,6 +86,18 @@ class SweepGauges(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         self.counts["running"] += 1
         self._publish()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        origin = result.get(BACKBONE_ORIGIN)
+        if origin not in LOOKUP_RESULTS or trial.trial_id in self._looked_up:
+            return
+        self._looked_up.add(trial.trial_id)
+        self.lookups[LOOKUP_RESULTS[origin]] += 1
+        if self.lookup_gauge is None:
+            s = SWEEP_BACKBONE_LOOKUPS
+            self.lookup_gauge = KeptGauge(Gauge(s.name, s.description, s.labels), metrics_report_interval_s())
+        for outcome in LOOKUP_RESULTS.values():
+            self.lookup_gauge.set(self.lookups[outcome], {"sweep": self.sweep, "result": outcome})
 
     def _ended(self, status: str) -> None:
         self.counts["running"] -= 1
@@ -94,12 +113,13 @@ class SweepGauges(tune.Callback):
     def on_experiment_end(self, trials, **info):
         # Stop re-setting the counts; the final ones still reach the metrics agent (measured: a driver
         # that exited 1 s after its last set, with the default 10 s report interval, had it exported).
-        if self.gauge is not None:
-            self.gauge.release()
+        for gauge in (self.gauge, self.lookup_gauge):
+            if gauge is not None:
+                gauge.release()
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks into the experiment state; the gauge is rebuilt on first use.
-        return {**self.__dict__, "gauge": None}
+        # Tune pickles its callbacks into the experiment state; the gauges are rebuilt on first use.
+        return {**self.__dict__, "gauge": None, "lookup_gauge": None}
 
 
 @dataclass
@@ -138,6 +158,17 @@ def resolve_data(spec: Spec) -> Spec:
         }
     )
     return spec.model_copy(update={"data": data})
+
+
+def resolve_backbones(spec: Spec, storage: str) -> Spec:
+    """The backbone store every trial of the sweep uses, as an absolute path or a URI: `run.backbones`,
+    or by default `<storage>/backbones`, so that sweeps with one storage path share one store."""
+    if not spec.run.reuse_backbones or not spec.pretrain_epochs:
+        return spec
+    path = spec.run.backbones or f"{storage.rstrip('/')}/backbones"
+    if "://" not in path:
+        path = str(Path(path).expanduser().resolve())
+    return spec.model_copy(update={"run": spec.run.model_copy(update={"backbones": path})})
 
 
 def _storage_path(spec: Spec, override: str | None) -> str:
@@ -245,6 +276,7 @@ def run_sweep(
     # most epochs, and warn each time that this "may become a bottleneck": it takes milliseconds here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     spec = resolve_data(spec)  # before Ray: a missing store fails in a second, not after Ray's start-up
+    spec = resolve_backbones(spec, storage)
     connected = _init_ray(address)
     try:
         return _fit(spec, storage, resume)
@@ -353,10 +385,21 @@ def summarize(
                 config=r.config or {},  # None for a trial the sweep ended before it started
                 error=error,
                 best_objective=best_objective,
+                pretrain_epochs=_pretrain_epochs(df),
             )
         )
     states = searcher.study_states() if searcher is not None else None
-    return sweep_summary(spec, trials, states, wall_seconds)
+    sharing = searcher.sharing_summary() if isinstance(searcher, BackboneSharingSearch) else None
+    return sweep_summary(spec, trials, states, wall_seconds, sharing)
+
+
+def _pretrain_epochs(df: Any) -> tuple[int, int]:
+    """(pretraining epochs a trial trained itself, pretraining epochs it reported) from its results."""
+    if df is None or "stage" not in df:
+        return 0, 0
+    pre = df[df["stage"] == "pretrain"].drop_duplicates(EPOCH, keep="last")
+    reused = int(pre[REUSED_EPOCH].fillna(False).astype(bool).sum()) if REUSED_EPOCH in pre else 0
+    return len(pre) - reused, len(pre)
 
 
 def format_summary(summary: dict[str, Any], top: int = 5) -> str:
@@ -380,6 +423,12 @@ def format_summary(summary: dict[str, Any], top: int = 5) -> str:
         lines.append("trials: " + ", ".join(f"{n} {s}" for s, n in summary["statuses"].items() if n))
     if summary.get("optuna_states"):
         lines.append(f"as told to TPE: {summary['optuna_states']}")
+    if b := summary.get("backbones"):
+        lines.append(
+            f"backbones: {b['pretrained']} trials pretrained, {b['reused']} reused one from the store "
+            f"({b['store']}); pretraining epochs trained {b['pretrain_epochs_trained']} of "
+            f"{b['pretrain_epochs_needed']} needed, {b['saved_seconds']:.0f} s of pretraining saved"
+        )
     lines.append(
         "PTB-XL validation MAE; objective = mean(MAE / clinical tolerance); finished trials ranked first."
     )

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import IO
 
-from ecgtune.experiment import MAE_KEY
+from ecgtune.experiment import BACKBONE_FROM, BACKBONE_KEY, MAE_KEY, REUSED_EPOCH
 
 
 class SweepLog:
@@ -38,9 +38,12 @@ class SweepLog:
             self.header()
         maes = " ".join(f"{_fmt(result.get(MAE_KEY.format(t))):>9}" for t in self.targets)
         epoch = f"{result.get('epoch', '?')}/{result.get('total_epochs', '?')}"
+        # A pretraining epoch taken from the backbone store, not trained here: say whose it is.
+        reused = f"  reused backbone {result.get(BACKBONE_KEY)} from {result.get(BACKBONE_FROM)}"
         self._print(
             f"{time.strftime('%H:%M:%S')} {trial:<14} {str(result.get('stage', '')):<8} {epoch:>5} "
             f"{_fmt(result.get('objective'), 3):>9} {maes}  {_params(params)}"
+            + (reused if result.get(REUSED_EPOCH) else "")
         )
 
     def ended(

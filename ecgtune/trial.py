@@ -21,7 +21,9 @@ from ray import tune
 from ray.util.metrics import Gauge
 
 from ecgtune import metrics as m
+from ecgtune.backbones import BackboneStore, ClaimTiming
 from ecgtune.experiment import MAE_KEY, trial_spec
+from ecgtune.reuse import SharedPretraining
 from ecgtune.spec import Spec
 from ecgtune.stages import TwoStageRun
 from ecgtune.targets import TARGET_NAMES
@@ -67,24 +69,47 @@ def run_trial(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             run.load(d)
-    gauges = _DashboardGauges(config["spec"]["name"], tune.get_context().get_trial_id())
+    context = tune.get_context()
+    shared = shared_pretraining(run, context.get_trial_id(), context.get_experiment_name())
+    gauges = _DashboardGauges(config["spec"]["name"], context.get_trial_id())
     node_id = ray.get_runtime_context().get_node_id()
-    while not run.done:
-        metrics = run.step()
-        metrics["node_id"] = node_id
-        metrics["device"] = device
-        metrics["cuda_bytes_at_start"] = cuda_bytes_at_start
-        gauges.update(metrics)
-        if run.diverged:
-            # The trial ends here (run.done), reported as diverged; raising instead would make Tune retry a
-            # deterministic divergence max_failures times. No checkpoint of NaN weights: a retry or a
-            # resumed sweep restores the last finite epoch.
-            tune.report(metrics)
-            break
-        with tempfile.TemporaryDirectory() as d:
-            run.save(d)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
-    gauges.close()
+    try:
+        shared.prepare()  # reuse the stored backbone, wait for the trial pretraining it, or claim it
+        while not run.done:
+            metrics = shared.tag(run.step())
+            shared.after_step()  # once pretrained here: the entry, before this epoch is reported
+            metrics["node_id"] = node_id
+            metrics["device"] = device
+            metrics["cuda_bytes_at_start"] = cuda_bytes_at_start
+            gauges.update(metrics)
+            if run.diverged:
+                # The trial ends here (run.done), reported as diverged; raising instead would make Tune retry
+                # a deterministic divergence max_failures times. No checkpoint of NaN weights: a retry or a
+                # resumed sweep restores the last finite epoch.
+                tune.report(metrics)
+                break
+            with tempfile.TemporaryDirectory() as d:
+                run.save(d)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+    finally:
+        # A trial stopped, failed or killed mid-pretraining gives its claim up, so a waiting trial
+        # pretrains the key at once rather than after the claim's lease.
+        shared.close()
+        gauges.close()
+
+
+def shared_pretraining(run: TwoStageRun, trial_id: str, sweep: str) -> SharedPretraining:
+    """The trial's side of the sweep's backbone store (`run.backbones`); with `run.reuse_backbones`
+    false, or nothing to pretrain, one that shares nothing."""
+    spec = run.spec
+    store = BackboneStore(spec.run.backbones) if spec.run.reuse_backbones and spec.run.backbones else None
+    return SharedPretraining(
+        run,
+        store,
+        holder=trial_id,
+        provenance={"trial": trial_id, "sweep": sweep},
+        timing=ClaimTiming(lease_s=spec.run.backbone_lease_s),
+    )
 
 
 class _DashboardGauges:

@@ -253,6 +253,12 @@ def test_every_grafana_panel_returns_its_series_from_a_real_prometheus(head, pro
     stage = panel("Stage per trial")
     assert set(stage) == set(trials)
     assert all(set(v) <= set(STAGE_VALUES.values()) and STAGE_VALUES["finetune"] in v for v in stage.values())
+    # Backbone store: the searched num_blocks takes 3 values in 4 trials, so at least one trial reused a
+    # backbone; the board's hits and misses are the summary's reused and pretrained trials.
+    lookups = {result: v[-1] for result, v in panel("Backbone store").items()}
+    backbones = summary["backbones"]
+    assert backbones["reused"] >= 1, summary
+    assert lookups == {"hit": backbones["reused"], "miss": backbones["pretrained"]}, (lookups, backbones)
     reached = {trial: v[0] for trial, v in panel("Epochs reached").items()}
     assert reached == {t: float(trials[t]["epochs"]) for t in trials}, (reached, trials)
     # Best objective: a fine-tuning value some trial reported, never a zero-shot one from pretraining.

@@ -9,7 +9,7 @@ No Ray and no training here: `ecgtune.reuse` runs a trial's pretraining through 
 
 from ecgtune.backbones.claims import Claim, ClaimTiming, acquire, holder_name
 from ecgtune.backbones.key import BACKBONE_FORMAT, backbone_key, key_material
-from ecgtune.backbones.store import Backbone, BackboneStore, EntryInfo, EntryRefused
+from ecgtune.backbones.store import Backbone, BackboneStore, EntryInfo, EntryRefused, describe_entry
 
 __all__ = [
     "BACKBONE_FORMAT",
@@ -21,6 +21,7 @@ __all__ = [
     "EntryRefused",
     "acquire",
     "backbone_key",
+    "describe_entry",
     "holder_name",
     "key_material",
 ]

@@ -29,12 +29,14 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow.fs as pafs
-import torch
 
 from ecgtune.backbones.key import backbone_key
+
+if TYPE_CHECKING:
+    import torch
 
 STORE_FILE = "STORE.json"
 ENTRY_FILE = "entry.json"
@@ -146,6 +148,8 @@ class BackboneStore:
                 f"{'matches' if hashlib.sha256(raw).hexdigest() == meta['sha256'] else 'differs'}; "
                 f"entry.json says {meta['bytes']} bytes); not loaded"
             )
+        import torch  # here, not at import: `ecgtune backbones ls` needs no torch
+
         try:
             weights = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         except Exception as exc:  # a checksummed file that torch cannot read: refused, whatever the cause
@@ -213,6 +217,8 @@ class BackboneStore:
             raise ValueError(f"key {key} is not the key of the backbone's material")
         if self.has(key):
             return False
+        import torch
+
         self.ensure_store()
         buffer = io.BytesIO()
         torch.save({k: v.detach().cpu() for k, v in backbone.weights.items()}, buffer)
@@ -292,6 +298,25 @@ class BackboneStore:
         )
         self.fs.delete_dir(self.entry_dir(key))
         return freed
+
+
+def describe_entry(entry: EntryInfo) -> str:
+    """One line of `ecgtune backbones ls`: key, size, and what the backbone was pretrained on."""
+    m = entry.material
+    model = dict(m.get("model", {}))
+    family = model.pop("family", "?")
+    knobs = {k: v for k, v in model.items() if k not in ("in_channels", "num_outputs", "signal_length")}
+    pre = m.get("pretrain", {})
+    p = entry.provenance
+    return (
+        f"{entry.key}  {entry.bytes / 1e6:8.2f} MB  {family} "
+        + " ".join(f"{k}={v}" for k, v in knobs.items())
+        + f" | pretrained {pre.get('epochs')} epochs, lr {pre.get('lr')}, "
+        f"weight decay {pre.get('weight_decay')}, batch {pre.get('batch_size')}, seed {m.get('seed')}, "
+        f"on store {m.get('pretrain_store')}, "
+        f"targets {','.join(m.get('targets', []))} | by trial {p.get('trial')} of {p.get('sweep')} "
+        f"on {p.get('device', '?')}, {p.get('pretrain_seconds', 0):.0f} s, {p.get('written', '?')}"
+    )
 
 
 def _now() -> str:

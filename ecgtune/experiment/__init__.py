@@ -43,7 +43,7 @@ from ecgtune.experiment.results import (
     is_diverged,
     trial_status,
 )
-from ecgtune.experiment.summary import sweep_summary, trial_summary
+from ecgtune.experiment.summary import describe_backbone, sweep_summary, trial_summary
 
 __all__ = [
     "BACKBONE_FROM",
@@ -65,6 +65,7 @@ __all__ = [
     "SUMMARY_FILE",
     "TOTAL_EPOCHS",
     "TRIAL_COLUMNS_DOC",
+    "describe_backbone",
     "Experiment",
     "ExperimentError",
     "error_headline",

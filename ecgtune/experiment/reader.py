@@ -19,9 +19,14 @@ from pydantic import ValidationError
 
 from ecgtune.experiment.files import TrialFiles, read_files
 from ecgtune.experiment.results import (
+    BACKBONE_FROM,
+    BACKBONE_KEY,
+    BACKBONE_ORIGIN,
     EPOCH,
     MAE_KEY,
     OBJECTIVE,
+    REUSED_EPOCH,
+    SAVED_SECONDS,
     STATUSES,
     TOTAL_EPOCHS,
     number,
@@ -80,8 +85,11 @@ trial_id, status (finished / stopped / diverged / error / running), epochs (reac
 full_fidelity, rank (among trials that reached the same number of epochs, by last objective; 1 is best),
 variant (fixed experiments only), model, family, one column per searched parameter, objective_last,
 objective_best, best_epoch, mae_<target>_<unit>_last and _best (best = at the epoch of the best
-objective), wall_s (training seconds, Tune's time_total_s), started / ended (unix time), node_id,
-device, hostname, failures, error, dir (the trial directory)."""
+objective), backbone (pretrained / reused: where its pretrained backbone came from), backbone_key,
+backbone_from (the trial and sweep that pretrained a reused one), pretrain_epochs_trained and
+pretrain_epochs_reported (pretraining epochs trained here; reported, reused ones included), saved_s
+(pretraining seconds a reuse saved), wall_s (training seconds, Tune's time_total_s), started / ended
+(unix time), node_id, device, hostname, failures, error, dir (the trial directory)."""
 
 
 def mae_column(target: str, which: str = "last") -> str:
@@ -266,6 +274,7 @@ def _trial_table(
         started = _num(h.iloc[0], "timestamp") if h is not None else None
         if started is not None:  # the first epoch's report time minus that epoch's duration
             started -= _num(h.iloc[0], "time_this_iter_s") or 0.0
+        row |= _backbone_cells(h, last)
         row |= {
             "wall_s": _num(last, "time_total_s"),
             "started": started,
@@ -286,6 +295,24 @@ def _trial_table(
     order = ["trial_id", "status", "epochs", "max_epochs", "full_fidelity", "rank"]
     df = df[order + [c for c in df.columns if c not in order]]
     return df.sort_values(["started", "trial_id"], na_position="last").reset_index(drop=True)
+
+
+def _backbone_cells(h: pd.DataFrame | None, last: pd.Series | None) -> dict[str, Any]:
+    """Where a trial's backbone came from (`ecgtune.reuse`): pretrained here or reused from the store,
+    and its pretraining epochs trained here against those it reported (reused ones included)."""
+    pre = h[h["stage"] == "pretrain"] if h is not None and "stage" in h else None
+    reported = len(pre) if pre is not None else 0
+    reused = int(pre[REUSED_EPOCH].map(truthy).sum()) if pre is not None and REUSED_EPOCH in pre else 0
+    text = {k: last.get(k) if last is not None and isinstance(last.get(k), str) else None
+            for k in (BACKBONE_ORIGIN, BACKBONE_KEY, BACKBONE_FROM)}  # fmt: skip
+    return {
+        "backbone": text[BACKBONE_ORIGIN],
+        "backbone_key": text[BACKBONE_KEY],
+        "backbone_from": text[BACKBONE_FROM],
+        "pretrain_epochs_trained": reported - reused,
+        "pretrain_epochs_reported": reported,
+        "saved_s": _num(last, SAVED_SECONDS),
+    }
 
 
 def _num(row: pd.Series | None, key: str) -> float | None:

@@ -9,10 +9,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from ecgtune.experiment.results import (
+    BACKBONE_FROM,
+    BACKBONE_KEY,
+    BACKBONE_ORIGIN,
     EPOCH,
     MAE_KEY,
     MODE,
     OBJECTIVE,
+    SAVED_SECONDS,
     STATUSES,
     finite_objective,
     trial_status,
@@ -28,9 +32,22 @@ def trial_summary(
     config: Mapping[str, Any],
     error: str | None,
     best_objective: float | None,
+    pretrain_epochs: tuple[int, int] = (0, 0),
 ) -> dict[str, Any]:
     """One trial's entry of summary.json: `last` its last result, `error` its error in one line (None:
-    it did not end in an error), `best_objective` the lowest objective it reported."""
+    it did not end in an error), `best_objective` the lowest objective it reported, `pretrain_epochs`
+    (trained here, reported): the pretraining epochs it trained itself, and all it reported (reused ones
+    included)."""
+    backbone = None
+    if last.get(BACKBONE_ORIGIN):
+        backbone = {
+            "origin": last.get(BACKBONE_ORIGIN),
+            "key": last.get(BACKBONE_KEY),
+            "from": last.get(BACKBONE_FROM),
+            "saved_seconds": last.get(SAVED_SECONDS) or 0.0,
+            "pretrain_epochs_trained": pretrain_epochs[0],
+            "pretrain_epochs_needed": pretrain_epochs[1],
+        }
     return {
         "trial_id": last.get("trial_id"),
         "path": path,
@@ -47,13 +64,29 @@ def trial_summary(
         "node_id": last.get("node_id"),
         "device": last.get("device"),
         "time_total_s": last.get("time_total_s"),
+        # "pretrained" or "reused KEY from trial X (sweep Y)": `describe_backbone`
+        "backbone": backbone,
     }
 
 
+def describe_backbone(backbone: Mapping[str, Any] | None) -> str:
+    """A trial's backbone in words, for the console, summary and report."""
+    if not backbone:
+        return "-"
+    if backbone["origin"] == "reused":
+        return f"reused {backbone['key']} from {backbone['from']}"
+    return f"pretrained {backbone['key']}"
+
+
 def sweep_summary(
-    spec: Spec, trials: list[dict[str, Any]], optuna_states: dict[str, int] | None, wall_seconds: float
+    spec: Spec,
+    trials: list[dict[str, Any]],
+    optuna_states: dict[str, int] | None,
+    wall_seconds: float,
+    sharing: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """summary.json: the trials' entries (`trial_summary`), their counts, and the best finished trial."""
+    """summary.json: the trials' entries (`trial_summary`), their counts, the best finished trial, and
+    what the backbone store saved (`sharing`: the searcher's count of backbones and reuses)."""
     finished = [t for t in trials if t["status"] == "finished" and t["objective"] is not None]
     best = min(finished, key=lambda t: t["objective"]) if finished else None
     per_rung = Counter(t["epochs"] for t in trials)
@@ -68,4 +101,25 @@ def sweep_summary(
         "statuses": {s: sum(t["status"] == s for t in trials) for s in STATUSES},
         "best": best,
         "optuna_states": optuna_states,
+        "backbones": backbone_totals(spec, trials, sharing),
+    }
+
+
+def backbone_totals(
+    spec: Spec, trials: list[dict[str, Any]], sharing: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Trials that pretrained and that reused a backbone, pretraining epochs trained against those the
+    trials needed (what they would have trained without the store), and the seconds of pretraining saved
+    (what the reused backbones' pretraining took where it ran)."""
+    entries = [t["backbone"] for t in trials if t.get("backbone")]
+    if not entries:
+        return None
+    return {
+        "store": spec.run.backbones,
+        "pretrained": sum(b["origin"] == "pretrained" for b in entries),
+        "reused": sum(b["origin"] == "reused" for b in entries),
+        "pretrain_epochs_trained": sum(b["pretrain_epochs_trained"] for b in entries),
+        "pretrain_epochs_needed": sum(b["pretrain_epochs_needed"] for b in entries),
+        "saved_seconds": sum(b["saved_seconds"] for b in entries if b["origin"] == "reused"),
+        "searcher": sharing,
     }

@@ -11,6 +11,7 @@ import pandas as pd
 from ecgtune.experiment import EPOCH, MAE_KEY, OBJECTIVE, STATUS_MEANING, STATUSES, Experiment
 from ecgtune.experiment.reader import mae_column
 from ecgtune.experiment.results import number
+from ecgtune.report.backbones import backbone_section
 from ecgtune.report.cells import (
     best_at_highest_fidelity,
     cell,
@@ -110,6 +111,8 @@ def markdown(
     md.append(_rungs(exp, top_k))
     md += ["", "## All trials", ""]
     md.append(_all_trials(exp))
+    md += ["", "## Pretrained backbones", ""]
+    md.append(backbone_section(exp))
     failed = t[t["status"] == "error"]
     md += ["", "## Failed trials", ""]
     if len(failed):

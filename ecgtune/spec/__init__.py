@@ -22,6 +22,7 @@ from ecgtune.spec.load import dump_spec, load_spec
 from ecgtune.spec.schema import (
     SPEC_VERSION,
     ASHASpec,
+    BackboneSharingSpec,
     DataSpec,
     Distribution,
     ModelSpec,
@@ -52,6 +53,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "SPEC_VERSION",
     "ASHASpec",
+    "BackboneSharingSpec",
     "DataSpec",
     "Distribution",
     "ModelSpec",

@@ -122,6 +122,12 @@ def _search_problems(spec: Spec, search: SearchSpec, deep: bool) -> list[str]:
         else:
             counted = f"the {spec.stages.finetune.epochs} fine-tuning epochs ASHA counts (search.asha.clock)"
         problems.append(f"search.asha.grace_period: {search.asha.grace_period} is more than {counted}")
+    if search.searcher.multivariate and search.searcher.algorithm != "tpe":
+        problems.append(
+            f"search.searcher.multivariate: only TPE has it (algorithm is {search.searcher.algorithm})"
+        )
+    if search.backbones is not None:
+        problems += _sharing_problems(spec, search)
     if spec.variants is not None:
         if space:
             problems.append(
@@ -134,6 +140,27 @@ def _search_problems(spec: Spec, search: SearchSpec, deep: bool) -> list[str]:
     if deep and not problems:
         problems += value_problems(space, base)
     return problems
+
+
+def _sharing_problems(spec: Spec, search: SearchSpec) -> list[str]:
+    """`search.backbones` needs a pretraining stage, a store to share through, and fine-tuning keys to
+    vary: a trial that reuses a backbone draws only those."""
+    if not spec.pretrain_epochs:
+        return ["search.backbones: this spec never pretrains, so there is no backbone to share"]
+    if not spec.run.reuse_backbones:
+        return ["search.backbones: run.reuse_backbones is false, so no trial could load a shared backbone"]
+    finetune_keys = [k for k in search.space if not k.startswith(("model.", "pretrain."))]
+    if not [k for k in finetune_keys if search.space[k].type != "same_as"]:
+        return [
+            "search.backbones: search.space has no finetune.* or transfer.* key, so every trial sharing a "
+            "backbone would train the same configuration"
+        ]
+    return [
+        f"search.space.{k}: a fine-tuning key cannot follow a backbone key ({ref}) when backbones are shared"
+        for k in finetune_keys
+        for ref in (search.space[k].same_as, search.space[k].divides)
+        if ref and ref.startswith(("model.", "pretrain."))
+    ]
 
 
 def _variant_problems(spec: Spec, deep: bool) -> list[str]:

@@ -184,9 +184,31 @@ class ASHASpec(Strict):
 
 
 class SearcherSpec(Strict):
-    algorithm: Literal["tpe", "random"] = "tpe"
+    # tpe: Optuna's TPE; random: uniform draws; gp: Optuna's Gaussian-process sampler (its cost per
+    # suggestion grows with the cube of the trials seen: for sweeps of at most a few hundred trials).
+    algorithm: Literal["tpe", "random", "gp"] = "tpe"
     seed: int = 0
     n_startup_trials: int = Field(4, ge=0)
+    multivariate: bool = False  # tpe only: model the keys jointly (Optuna's multivariate TPE)
+
+
+class BackboneSharingSpec(Strict):
+    """How the searcher makes trials share pretrained backbones (`ecgtune.backbone_search`).
+
+    A backbone is one draw of the space's model.* and pretrain.* keys (what the backbone key covers).
+    A trial either draws a new backbone, which it pretrains, or reuses a backbone another trial has
+    pretrained (it is in the store) and draws only the fine-tuning keys: TPE samples both levels, the
+    fine-tuning keys given the backbone's. A backbone is offered again only once it is pretrained, so no
+    trial waits, and only while fewer than `trials_per_backbone` trials have used it.
+
+    `pick`: which pretrained backbone a trial reuses. "best": the one whose trials scored best at ASHA's
+    first rung, if it ranks in the best `top_fraction` of the backbones scored so far (else the trial
+    draws a new one); "oldest": every pretrained backbone in turn until it has its trials.
+    """
+
+    trials_per_backbone: int = Field(4, ge=1)
+    pick: Literal["best", "oldest"] = "best"
+    top_fraction: float = Field(0.5, gt=0, le=1)
 
 
 class SearchSpec(Strict):
@@ -195,6 +217,7 @@ class SearchSpec(Strict):
     max_concurrent_trials: int = Field(2, ge=1)
     searcher: SearcherSpec = SearcherSpec()
     asha: ASHASpec | None = ASHASpec()  # None: no early stopping
+    backbones: BackboneSharingSpec | None = None  # None: every trial draws its own backbone
 
 
 class ResourcesSpec(Strict):
@@ -214,6 +237,16 @@ class RunSpec(Strict):
     # keeps the process for the next trial, saving its start-up (~5 s per trial here, bench/
     # ray_overhead.py); the trial then empties torch's CUDA cache first and reports what is left.
     reuse_actors: bool = False
+    # Pretrained backbones shared across trials and sweeps (ecgtune.backbones): a trial whose backbone key
+    # is in this store fine-tunes the stored backbone instead of pretraining. Any path or URI that
+    # storage_path takes (a shared folder or s3://... for a multi-node cluster); None: <storage_path>/
+    # backbones, so sweeps with one storage path share one store. reuse_backbones false: every trial
+    # pretrains, and no store is read or written.
+    backbones: str | None = None
+    reuse_backbones: bool = True
+    # How long a claim on a key may go without its holder's training advancing before a waiting trial
+    # takes the key over (ecgtune.backbones.claims): a crashed pretrainer costs the others this long.
+    backbone_lease_s: float = Field(120.0, gt=0)
 
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
