@@ -137,6 +137,11 @@ class TwoStageRun:
                 f"backbone {backbone.key} has {len(backbone.epochs)} pretraining epochs, this run plans "
                 f"{self.pretrain_epochs}"
             )
+        own = self.model.state_dict()  # the same network as the one fine-tuning builds
+        misfit = [k for k in own if k not in backbone.weights or backbone.weights[k].shape != own[k].shape]
+        misfit += [k for k in backbone.weights if k not in own]
+        if misfit:
+            raise ValueError(f"weights do not fit this model: {', '.join(misfit[:5])}")
         replay = [dict(e) for e in backbone.epochs]
         if backbone.readout_store != self.finetune_store.key:
             self.model.load_state_dict(backbone.weights)

@@ -153,7 +153,8 @@ class BackboneStore:
         try:
             weights = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         except Exception as exc:  # a checksummed file that torch cannot read: refused, whatever the cause
-            raise EntryRefused(f"{self.describe(key)}: weights unreadable ({exc}); not loaded") from None
+            why = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise EntryRefused(f"{self.describe(key)}: weights unreadable ({why}); not loaded") from None
         if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
             raise EntryRefused(f"{self.describe(key)}: weights are not a state_dict; not loaded")
         return Backbone(
