@@ -16,7 +16,8 @@ are):
 4. A claim whose beat (or, before any beat, the claim itself) has not changed for `lease_s`, by the
    waiter's own clock (no clock is compared across machines), is stale: its holder crashed or hangs. The
    waiter deletes it and claims again from step 1. A crashed pretrainer's key is taken over within
-   lease_s + poll_s + settle_s (tests/test_backbone_claims.py measures it).
+   lease_s + poll_s + 2 settle_s of its crash (the waiter's first look, a lease of no change, a poll, a
+   claim); tests/test_backbone_claims.py and bench/claim_takeover.py measure it.
 
 No deadlock: a waiting trial holds no claim, and a holder waits for nothing, so no cycle of waiting can
 form; and a claim stays live only while its holder's training advances, so a holder that hangs or
