@@ -1,0 +1,116 @@
+"""The backbone-sharing searcher on toy results, without a Ray cluster: it offers a backbone again only once
+it is pretrained, never to more than trials_per_backbone trials, fixes the backbone's values and samples
+only the fine-tuning ones, prefers backbones that scored well ("best"), and survives save -> restore."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from ecgtune.searchers import BackboneSharingSearch
+from ecgtune.spec import BackboneSharingSpec
+
+PRETRAIN = 2  # pretraining epochs; fine-tuning epochs after them
+
+
+@pytest.fixture(autouse=True)
+def _quiet_optuna() -> None:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def space(trial: optuna.Trial) -> dict:  # module level: a saved searcher pickles it
+    return {
+        "model.width": trial.suggest_int("model.width", 8, 64, log=True),
+        "pretrain.lr": trial.suggest_float("pretrain.lr", 1e-4, 1e-2, log=True),
+        "finetune.lr": trial.suggest_float("finetune.lr", 1e-4, 1e-2, log=True),
+    }
+
+
+def searcher(**sharing) -> BackboneSharingSearch:
+    return BackboneSharingSearch(
+        space=space,
+        metric="objective",
+        mode="min",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+        clock="finetune_epoch",
+        sharing=BackboneSharingSpec(**sharing),
+        pretrain_epochs=PRETRAIN,
+        first_rung=1,
+    )
+
+
+def report(s: BackboneSharingSearch, trial: str, epoch: int, objective: float) -> None:
+    ft = max(0, epoch - PRETRAIN)
+    s.on_trial_result(
+        trial,
+        {
+            "objective": objective,
+            "epoch": epoch,
+            "finetune_epoch": ft,
+            "training_iteration": epoch,
+            "total_epochs": 5,
+        },
+    )
+
+
+def backbone(config: dict) -> tuple:
+    flat = (
+        config
+        if "model.width" in config
+        else {f"model.{k}": v for k, v in config["model"].items()}
+        | {f"pretrain.{k}": v for k, v in config["pretrain"].items()}
+    )
+    return flat["model.width"], flat["pretrain.lr"]
+
+
+def finetune_lr(config: dict) -> float:
+    return config["finetune.lr"] if "finetune.lr" in config else config["finetune"]["lr"]
+
+
+def test_a_backbone_is_offered_again_only_once_pretrained_and_to_at_most_k_trials():
+    s = searcher(trials_per_backbone=3, pick="oldest")
+    first = s.suggest("t1")
+    second = s.suggest("t2")  # t1 still pretraining: a new backbone, not a wait
+    assert backbone(second) != backbone(first)
+    report(s, "t1", 1, 2.0)
+    assert backbone(s.suggest("t3")) not in (backbone(first),)  # one pretraining epoch of two: not ready
+    report(s, "t1", PRETRAIN, 1.9)  # its last pretraining epoch: the entry is written before this report
+    reuses = [s.suggest(f"r{i}") for i in range(2)]
+    assert [backbone(c) for c in reuses] == [backbone(first)] * 2
+    assert len({finetune_lr(c) for c in [first, *reuses]}) == 3, "the fine-tuning lr is sampled anew"
+    assert backbone(s.suggest("t4")) != backbone(first), "more than trials_per_backbone trials"
+    assert s.sharing_summary()["reusing_trials"] == 2
+
+
+def test_best_reuses_the_backbone_that_scored_best_and_skips_poor_ones():
+    s = searcher(trials_per_backbone=4, pick="best", top_fraction=0.5)
+    configs = {f"t{i}": s.suggest(f"t{i}") for i in range(4)}
+    for i, value in enumerate([1.0, 3.0, 2.0, 4.0]):  # first-rung scores
+        report(s, f"t{i}", PRETRAIN, 5.0)
+        report(s, f"t{i}", PRETRAIN + 1, value)
+    nxt = [s.suggest(f"n{i}") for i in range(5)]
+    best = backbone(configs["t0"])
+    assert [backbone(c) == best for c in nxt[:3]] == [True, True, True]  # up to 4 trials on the best
+    # Then t2's backbone (2.0) ranks second of four: in the better half. t1 (3.0) and t3 never.
+    assert backbone(nxt[3]) == backbone(configs["t2"])
+    assert all(backbone(c) not in (backbone(configs["t1"]), backbone(configs["t3"])) for c in nxt)
+
+
+def test_a_backbone_whose_pretraining_diverged_is_never_offered():
+    s = searcher(trials_per_backbone=4, pick="oldest")
+    first = s.suggest("t1")
+    s.on_trial_complete(
+        "t1",
+        {"objective": float("nan"), "diverged": True, "epoch": 1, "finetune_epoch": 0, "total_epochs": 5},
+    )
+    assert all(backbone(s.suggest(f"t{i}")) != backbone(first) for i in range(2, 6))
+
+
+def test_sharing_survives_save_and_restore(tmp_path):
+    s = searcher(trials_per_backbone=3, pick="oldest")
+    first = s.suggest("t1")
+    report(s, "t1", PRETRAIN, 1.0)
+    s.save(str(tmp_path / "searcher.pkl"))
+    restored = searcher(trials_per_backbone=3, pick="oldest")
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert backbone(restored.suggest("t2")) == backbone(first)
