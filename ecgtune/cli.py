@@ -91,9 +91,10 @@ def _validate(args: argparse.Namespace) -> None:
 
 def _sweep(args: argparse.Namespace) -> None:
     from ecgtune.data.demo import ensure_demo_data
-    from ecgtune.search import format_summary, run_sweep
+    from ecgtune.search import run_sweep
     from ecgtune.shipped import sweep_spec_path
     from ecgtune.spec import load_spec
+    from ecgtune.sweep_results import format_summary
 
     path = sweep_spec_path(args.spec)
     spec = load_spec(path)
@@ -143,9 +144,10 @@ def _demo(args: argparse.Namespace) -> None:
     from ecgtune.final import RepeatedTestEvaluation, train_final
     from ecgtune.predict import format_predictions, predict_records
     from ecgtune.report import export_best, report_experiment
-    from ecgtune.search import format_summary, run_sweep
+    from ecgtune.search import run_sweep
     from ecgtune.shipped import EXAMPLE_RECORD, sweep_spec_path
     from ecgtune.spec import load_spec
+    from ecgtune.sweep_results import format_summary
 
     for store, reused in build_demo(demo_root()):
         print(("reused " if reused else "built ") + store.summary())

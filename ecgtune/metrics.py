@@ -1,6 +1,6 @@
 """The series ecgtune publishes to Ray's Prometheus export: the one list of their names.
 
-The gauges (`ecgtune.trial._DashboardGauges`, `ecgtune.search.SweepGauges`) are built from these
+The gauges (`ecgtune.trial._DashboardGauges`, `ecgtune.sweep_callbacks.SweepGauges`) are built from these
 entries, `cluster/grafana/ecgtune-dashboard.json` queries them, and the README's monitoring section
 names them; `tests/test_monitoring.py` checks that the three agree. No Ray import here, so
 that test runs in a second without a cluster.

@@ -11,10 +11,8 @@ writes spec.yaml there when the sweep starts and summary.json when it ends.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,25 +21,15 @@ from typing import Any
 import ray
 from ray import tune
 from ray._private import ray_constants, services
-from ray.util.metrics import Gauge
 
 from ecgtune.data.locate import require_store
 from ecgtune.experiment import (
-    BACKBONE_ORIGIN,
-    EPOCH,
     MODE,
     OBJECTIVE,
-    REUSED_EPOCH,
-    STATUSES,
-    sweep_summary,
-    trial_status,
-    trial_summary,
     write_spec,
     write_summary,
 )
-from ecgtune.metrics import LOOKUP_RESULTS, SWEEP_BACKBONE_LOOKUPS, SWEEP_TRIALS, KeptGauge
 from ecgtune.searchers import (
-    BackboneSharingSearch,
     DivergenceAwareASHA,
     PruneAwareOptunaSearch,
     make_scheduler,
@@ -50,76 +38,10 @@ from ecgtune.searchers import (
 )
 from ecgtune.spec import Spec, StoreSpec, load_spec
 from ecgtune.stages import require_finetune_labels
-from ecgtune.sweep_log import SweepLog
-from ecgtune.targets import TARGETS, check_targets
-from ecgtune.trial import metrics_report_interval_s, run_trial
-
-
-def ended_status(trial: Any, max_epochs: int, errored: bool) -> str:
-    """The status of a trial Tune has just completed or errored, by `ecgtune.experiment.trial_status`:
-    the dashboard's gauges and the console's lines ask here, the summary asks the same rule."""
-    return trial_status(trial.last_result, max_epochs=max_epochs, errored=errored)
-
-
-class SweepGauges(tune.Callback):
-    """Per-sweep trial counts for the Ray dashboard's metrics, one series per `STATUSES` entry.
-
-    `max_epochs`: the sweep's planned epochs per trial, for a last result without `total_epochs`."""
-
-    def __init__(self, sweep: str, max_epochs: int = 0):
-        self.sweep = sweep
-        self.max_epochs = max_epochs
-        self.counts: Counter[str] = Counter()
-        self.gauge: KeptGauge | None = None
-        # Backbone store hits and misses, one per trial, from the first result that says which.
-        self.lookups: Counter[str] = Counter()
-        self._looked_up: set[str] = set()
-        self.lookup_gauge: KeptGauge | None = None
-
-    def _publish(self) -> None:
-        if self.gauge is None:
-            gauge = Gauge(SWEEP_TRIALS.name, SWEEP_TRIALS.description, SWEEP_TRIALS.labels)
-            self.gauge = KeptGauge(gauge, metrics_report_interval_s())
-        for state in STATUSES:
-            self.gauge.set(self.counts[state], {"sweep": self.sweep, "state": state})
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.counts["running"] += 1
-        self._publish()
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        origin = result.get(BACKBONE_ORIGIN)
-        if origin not in LOOKUP_RESULTS or trial.trial_id in self._looked_up:
-            return
-        self._looked_up.add(trial.trial_id)
-        self.lookups[LOOKUP_RESULTS[origin]] += 1
-        if self.lookup_gauge is None:
-            s = SWEEP_BACKBONE_LOOKUPS
-            self.lookup_gauge = KeptGauge(Gauge(s.name, s.description, s.labels), metrics_report_interval_s())
-        for outcome in LOOKUP_RESULTS.values():
-            self.lookup_gauge.set(self.lookups[outcome], {"sweep": self.sweep, "result": outcome})
-
-    def _ended(self, status: str) -> None:
-        self.counts["running"] -= 1
-        self.counts[status] += 1
-        self._publish()
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._ended(ended_status(trial, self.max_epochs, errored=False))
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._ended(ended_status(trial, self.max_epochs, errored=True))
-
-    def on_experiment_end(self, trials, **info):
-        # Stop re-setting the counts; the final ones still reach the metrics agent (measured: a driver
-        # that exited 1 s after its last set, with the default 10 s report interval, had it exported).
-        for gauge in (self.gauge, self.lookup_gauge):
-            if gauge is not None:
-                gauge.release()
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks into the experiment state; the gauges are rebuilt on first use.
-        return {**self.__dict__, "gauge": None, "lookup_gauge": None}
+from ecgtune.study import StudyLocation, study_location, write_study_pointer
+from ecgtune.sweep_callbacks import ProgressLines, SweepGauges
+from ecgtune.sweep_results import summarize
+from ecgtune.trial import run_trial
 
 
 @dataclass
@@ -183,32 +105,6 @@ def _latest_experiment(storage: str, name: str) -> str:
     return str(candidates[-1].parent)
 
 
-class ProgressLines(tune.Callback):
-    """The console's view of a sweep: a line per trial epoch and per ended trial
-    (`ecgtune.sweep_log.SweepLog`), in place of Tune's table of every trial every few seconds."""
-
-    def __init__(self, spec: Spec):
-        self.log = SweepLog(spec.targets)
-        self.max_epochs = spec.total_epochs
-        space = spec.search.space if spec.search else {}
-        self.shown = ["variant", *(k for k, d in space.items() if d.type != "same_as")]  # not the copies
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        params = {k: trial.config[k] for k in self.shown if k in trial.config}
-        self.log.result(trial.trial_id, params, result)
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        self._ended(trial, errored=False)
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._ended(trial, errored=True, note="see the summary")
-
-    def _ended(self, trial: Any, errored: bool, note: str = "") -> None:
-        last = trial.last_result or {}
-        status = ended_status(trial, self.max_epochs, errored)
-        self.log.ended(trial.trial_id, status, last.get(EPOCH, 0), last.get(OBJECTIVE), note)
-
-
 def build_tuner(
     spec: Spec,
     storage: str,
@@ -216,10 +112,11 @@ def build_tuner(
     trainable: Callable[[dict[str, Any]], None] = run_trial,
     stop: tune.Stopper | None = None,
     searcher_class: type[PruneAwareOptunaSearch] | None = None,
+    study: StudyLocation | None = None,
 ) -> Sweep:
-    """The Tuner of a sweep. `trainable`, `stop` and `searcher_class` are for benchmarks: a replay of
-    recorded learning curves in place of training (bench/replay.py), a stop at a budget of
-    trial-epochs, and another searcher with the same constructor in place of ecgtune's."""
+    """The Tuner of a sweep. `study`: where its Optuna study is kept (None: in memory). `trainable`,
+    `stop` and `searcher_class` are for benchmarks: a replay of recorded learning curves in place of
+    training (bench/replay.py), a stop at a budget, and another searcher with the same constructor."""
     search = spec.search
     trainable = _with_resources(trainable, spec)
     param_space: dict[str, Any] = {"spec": spec.model_dump(mode="json")}
@@ -230,7 +127,12 @@ def build_tuner(
         param_space["variant"] = tune.grid_search(list(spec.variants))
     elif search is not None:
         num_samples = search.num_samples
-        searcher = make_searcher(spec, study_name=experiment_name, searcher_class=searcher_class)
+        searcher = make_searcher(
+            spec,
+            study_name=study.name if study is not None else experiment_name,
+            searcher_class=searcher_class,
+            storage=study.open() if study is not None else None,
+        )
     scheduler = make_scheduler(spec)
     gauges = SweepGauges(spec.name, spec.total_epochs)
     tuner = tune.Tuner(
@@ -298,8 +200,10 @@ def _fit(spec: Spec, storage: str, resume: str | None) -> SweepResult:
     else:
         experiment_name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         experiment_path = f"{storage.rstrip('/')}/{experiment_name}"
-        sweep = build_tuner(spec, storage, experiment_name)
+        study = study_location(spec.run.optuna_storage, experiment_path, experiment_name)
+        sweep = build_tuner(spec, storage, experiment_name, study=study)
         tuner, searcher = sweep.tuner, sweep.searcher
+        write_study_pointer(experiment_path, study)
     # Before any trial: a report or export of a running or crashed sweep reads the spec from here.
     write_spec(experiment_path, spec)
     results = tuner.fit()
@@ -352,84 +256,3 @@ def _check_cluster_answers(address: str, timeout_s: float = 5.0) -> None:
             f"no Ray cluster answers at {bootstrap} (from {address!r}): {e.strerror or e}. Start one with "
             "`ray start --head`, or run without --address and RAY_ADDRESS for a local Ray"
         ) from None
-
-
-_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def _error_message(error: BaseException) -> str:
-    """A trial's error in one line: the trainable's own exception ("RuntimeError: ..."), not the
-    `ray::ImplicitFunc.train() (pid=..., ip=...)` header, in ANSI colours, that starts a RayTaskError."""
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}".splitlines()[0]
-    # Others (a dead actor or node; a TuneError holding a traceback's text): their last line says what.
-    lines = [line.strip() for line in _ANSI_ESCAPE.sub("", str(error)).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
-def summarize(
-    results: tune.ResultGrid, spec: Spec, searcher: PruneAwareOptunaSearch | None, wall_seconds: float
-) -> dict[str, Any]:
-    """summary.json's content (`ecgtune.experiment.sweep_summary`) from Tune's results and the searcher."""
-    trials = []
-    for r in results:
-        df = r.metrics_dataframe
-        best_objective = float(df[OBJECTIVE].min()) if df is not None and OBJECTIVE in df else None
-        error = _error_message(r.error) if r.error else None
-        trials.append(
-            trial_summary(
-                spec,
-                r.metrics or {},
-                path=r.path,
-                config=r.config or {},  # None for a trial the sweep ended before it started
-                error=error,
-                best_objective=best_objective,
-                pretrain_epochs=_pretrain_epochs(df),
-            )
-        )
-    states = searcher.study_states() if searcher is not None else None
-    sharing = searcher.sharing_summary() if isinstance(searcher, BackboneSharingSearch) else None
-    return sweep_summary(spec, trials, states, wall_seconds, sharing)
-
-
-def _pretrain_epochs(df: Any) -> tuple[int, int]:
-    """(pretraining epochs a trial trained itself, pretraining epochs it reported) from its results."""
-    if df is None or "stage" not in df:
-        return 0, 0
-    pre = df[df["stage"] == "pretrain"].drop_duplicates(EPOCH, keep="last")
-    reused = int(pre[REUSED_EPOCH].fillna(False).astype(bool).sum()) if REUSED_EPOCH in pre else 0
-    return len(pre) - reused, len(pre)
-
-
-def format_summary(summary: dict[str, Any], top: int = 5) -> str:
-    targets = check_targets([t for t in TARGETS if any(t in tr["ptbxl_val_mae"] for tr in summary["trials"])])
-    ranked = sorted(
-        (t for t in summary["trials"] if t["objective"] is not None),
-        key=lambda t: (t["status"] != "finished", t["objective"]),
-    )[:top]
-    head = f"{'trial':<14} {'status':<9} {'epochs':>6} {'objective':>9} " + " ".join(
-        f"{TARGETS[t].title + ' ' + TARGETS[t].unit:>10}" for t in targets
-    )
-    lines = [
-        f"sweep {summary['sweep']}: {len(summary['trials'])} trials in {summary['wall_seconds']:.0f} s",
-        head,
-    ]
-    for t in ranked:
-        maes = " ".join(f"{t['ptbxl_val_mae'][x]:>10.2f}" for x in targets)
-        lines.append(f"{t['trial_id']!s:<14} {t['status']:<9} {t['epochs']:>6} {t['objective']:>9.3f} {maes}")
-    lines.append(f"epochs reached (epochs: trials): {summary['epochs_reached']}")
-    if summary.get("statuses"):
-        lines.append("trials: " + ", ".join(f"{n} {s}" for s, n in summary["statuses"].items() if n))
-    if summary.get("optuna_states"):
-        lines.append(f"as told to TPE: {summary['optuna_states']}")
-    if b := summary.get("backbones"):
-        lines.append(
-            f"backbones: {b['pretrained']} trials pretrained, {b['reused']} reused one from the store "
-            f"({b['store']}); pretraining epochs trained {b['pretrain_epochs_trained']} of "
-            f"{b['pretrain_epochs_needed']} needed, {b['saved_seconds']:.0f} s of pretraining saved"
-        )
-    lines.append(
-        "PTB-XL validation MAE; objective = mean(MAE / clinical tolerance); finished trials ranked first."
-    )
-    return "\n".join(lines)

@@ -413,7 +413,8 @@ def crashing_trial(at_epoch: int, *, always: bool = False):
 def sweep_with(spec_path: Path, trainable) -> tuple[Path, dict[str, Any]]:
     """The sweep of `spec_path` as `run_sweep` runs it, with `trainable` in place of `run_trial`:
     the experiment directory and the summary."""
-    from ecgtune.search import build_tuner, resolve_data, summarize
+    from ecgtune.search import build_tuner, resolve_data
+    from ecgtune.sweep_results import summarize
     from ecgtune.spec import load_spec
 
     spec = resolve_data(load_spec(spec_path))

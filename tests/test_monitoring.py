@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -37,12 +38,12 @@ class RecordingGauge:
 
 @pytest.fixture
 def recorded(monkeypatch) -> list[RecordingGauge]:
-    import ecgtune.search
+    import ecgtune.sweep_callbacks
     import ecgtune.trial
 
     RecordingGauge.made = []
     monkeypatch.setattr(ecgtune.trial, "Gauge", RecordingGauge)
-    monkeypatch.setattr(ecgtune.search, "Gauge", RecordingGauge)
+    monkeypatch.setattr(ecgtune.sweep_callbacks, "Gauge", RecordingGauge)
     return RecordingGauge.made
 
 
@@ -51,7 +52,7 @@ def _epoch(stage: str, epoch: int, objective: float) -> dict[str, Any]:
 
 
 def _publish_everything() -> dict[str, RecordingGauge]:
-    from ecgtune.search import SweepGauges
+    from ecgtune.sweep_callbacks import SweepGauges
     from ecgtune.trial import _DashboardGauges
 
     gauges = _DashboardGauges("s", "t1")
@@ -61,6 +62,7 @@ def _publish_everything() -> dict[str, RecordingGauge]:
     gauges.close()
     sweep = SweepGauges("s")
     sweep.on_trial_start(0, [], None)
+    sweep.on_trial_result(0, [], SimpleNamespace(trial_id="t1"), {"backbone": "reused"})
     sweep.on_experiment_end([])
     return {g.name: g for g in RecordingGauge.made}
 
@@ -177,7 +179,7 @@ def test_gauges_keep_their_latest_values_until_the_trial_ends(recorded):
 def test_sweep_gauges_survive_tunes_pickling_and_count_states(recorded):
     import pickle
 
-    from ecgtune.search import SweepGauges
+    from ecgtune.sweep_callbacks import SweepGauges
 
     sweep = SweepGauges("s")
     sweep.on_trial_start(0, [], None)

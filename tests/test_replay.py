@@ -59,7 +59,8 @@ def write_toy_table(path: Path) -> Path:
 
 
 def replay_sweep(tmp_path: Path, table_file: Path, stop, num_samples: int):
-    from ecgtune.search import build_tuner, summarize
+    from ecgtune.search import build_tuner
+    from ecgtune.sweep_results import summarize
 
     spec = replay.strategy_spec("tpe_asha", seed=0, table=table_file, time_scale=0.0, concurrency=2)
     spec = spec.model_copy(update={"search": spec.search.model_copy(update={"num_samples": num_samples})})

@@ -4,7 +4,7 @@ rankings, trials.csv, plots, and the CLI. No Ray.
 Two experiments are read:
 
 - `tests/fixtures/experiment/`: a real sweep (see tests/fixtures/README.md for how it was made and what
-  was stripped). Its `summary.json` was written by `ecgtune.search.summarize` from Tune's own ResultGrid,
+  was stripped). Its `summary.json` was written by `ecgtune.sweep_results.summarize` from Tune's own ResultGrid,
   so it is the expected output for the report's reading of the raw files.
 - `handmade`: written by `write_handmade_experiment` below, file by file in the layout Ray Tune 2.60
   writes (one directory per trial with `params.json`, `result.json` as JSON lines, `error.txt` as
@@ -294,7 +294,7 @@ def test_fixed_experiments_report_each_variant_model(tmp_path):
             for e, o in enumerate(objectives, start=1)
         ]
         (d / "result.json").write_text("\n".join(lines) + "\n")
-    # ecgtune.search.summarize measures every trial against the sweep spec's 4 epochs, so its summary
+    # ecgtune.sweep_results.summarize measures every trial against the sweep spec's 4 epochs, so its summary
     # calls the 1-epoch variant "stopped"; the report goes by each trial's own epoch count.
     summary = {
         "trials": [

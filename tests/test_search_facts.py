@@ -59,7 +59,8 @@ def sweep_spec(
 
 def run(spec, storage: Path):
     """The sweep as `run_sweep` runs it, keeping hold of the searcher, scheduler and gauges Tune used."""
-    from ecgtune.search import build_tuner, summarize
+    from ecgtune.search import build_tuner
+    from ecgtune.sweep_results import summarize
 
     sweep = build_tuner(spec, str(storage), "facts")
     summary = summarize(sweep.tuner.fit(), spec, sweep.searcher, wall_seconds=0.0)
@@ -102,7 +103,7 @@ def test_tpe_learns_the_values_asha_judged_on_the_finetune_clock(stores, tmp_pat
 
 def test_diverged_trials_end_cleanly_fail_in_optuna_and_stay_out_of_asha_rungs(stores, tmp_path, local_ray):
     from ecgtune.experiment import read_experiment
-    from ecgtune.search import format_summary
+    from ecgtune.sweep_results import format_summary
 
     # Each stage's learning rate is sensible (3 choices) or absurd (1): trials diverge in pretraining, in
     # fine-tuning, or not at all. Clock "all": ASHA's first rung is the pretraining epoch, where some diverge.

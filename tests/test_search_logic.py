@@ -13,7 +13,7 @@ import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ecgtune.experiment import STATUSES, is_diverged, trial_status
-from ecgtune.search import SweepGauges
+from ecgtune.sweep_callbacks import SweepGauges
 from ecgtune.searchers import DivergenceAwareASHA, PruneAwareOptunaSearch
 
 State = optuna.trial.TrialState

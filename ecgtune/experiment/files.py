@@ -7,6 +7,8 @@ Layout (Ray Tune writes the trial directories; the driver, `ecgtune.search`, wri
     <experiment>/spec.yaml        the sweep's resolved spec, written when the sweep starts (and again on
                                   resume), so a running or crashed sweep can be read
     <experiment>/summary.json     every trial's verdict and the best trial, written when the sweep ends
+    <experiment>/study.json       where the sweep's Optuna study is (`ecgtune.study`), written at its start
+    <experiment>/optuna.journal   that study, when it is a journal file beside the experiment
     <experiment>/<trial dir>/     one per trial, any name (the driver names them `trial_<trial_id>`):
         params.json               the trial's config as the searcher gave it (JSON types)
         result.json               one JSON line per epoch, as `ecgtune.stages.TwoStageRun.step` reports
@@ -28,6 +30,9 @@ import yaml
 from ecgtune.spec import Spec
 
 SPEC_FILE, SUMMARY_FILE = "spec.yaml", "summary.json"
+# The sweep's Optuna study (`ecgtune.study`): its journal file (when kept beside the experiment) and the
+# pointer to wherever it is kept.
+STUDY_FILE, STUDY_POINTER_FILE = "optuna.journal", "study.json"
 PARAMS_FILE, RESULT_FILE, ERROR_FILE = "params.json", "result.json", "error.txt"
 
 
@@ -49,15 +54,16 @@ def filesystem(path: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str]:
 
 def write_spec(experiment_path: str, spec: Spec) -> None:
     """spec.yaml: the sweep's spec as the driver runs it (store paths resolved)."""
-    _write(experiment_path, SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    write_text(experiment_path, SPEC_FILE, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
 
 def write_summary(experiment_path: str, summary: dict[str, Any]) -> None:
-    """summary.json (`ecgtune.experiment.sweep_summary`, from `ecgtune.search.summarize`)."""
-    _write(experiment_path, SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
+    """summary.json (`ecgtune.experiment.sweep_summary`, from `ecgtune.sweep_results.summarize`)."""
+    write_text(experiment_path, SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
 
 
-def _write(experiment_path: str, name: str, text: str) -> None:
+def write_text(experiment_path: str, name: str, text: str) -> None:
+    """One file of the experiment directory, whole or not at all."""
     fs, root = filesystem(experiment_path)
     if isinstance(fs, pafs.LocalFileSystem):
         Path(root).mkdir(parents=True, exist_ok=True)

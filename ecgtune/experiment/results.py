@@ -1,11 +1,11 @@
 """What a trial reports each epoch, and what its last report means: finished / stopped / diverged /
 error / running, decided in one place.
 
-The sweep summary (`ecgtune.search.summarize`), the dashboard series (`ecgtune.search.SweepGauges`),
-the console lines (`ecgtune.search.ProgressLines`), the searcher's verdict to Optuna
-(`ecgtune.searchers.PruneAwareOptunaSearch`) and the reader of an experiment directory
-(`ecgtune.experiment.reader`) all call `trial_status`; each only gathers the facts it has (the last
-result, whether the trial errored, whether it has ended).
+The sweep summary (`ecgtune.sweep_results.summarize`), the dashboard series
+(`ecgtune.sweep_callbacks.SweepGauges`), the console lines (`ecgtune.sweep_callbacks.ProgressLines`),
+the searcher's verdict to Optuna (`ecgtune.searchers.PruneAwareOptunaSearch`) and the reader of an
+experiment directory (`ecgtune.experiment.reader`) all call `trial_status`; each only gathers the
+facts it has (the last result, whether the trial errored, whether it has ended).
 
 No Ray here. The result keys are the ones `ecgtune.stages.TwoStageRun.step` reports.
 """

@@ -1,5 +1,5 @@
 """summary.json's content: every trial's outcome by the one status rule, and the best full-fidelity
-trial. The driver gathers the facts from Tune (`ecgtune.search.summarize`) and writes the result with
+trial. The driver gathers the facts from Tune (`ecgtune.sweep_results.summarize`) and writes the result with
 `ecgtune.experiment.write_summary`; the reader takes each trial's verdict and config from it."""
 
 from __future__ import annotations

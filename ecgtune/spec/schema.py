@@ -247,6 +247,9 @@ class RunSpec(Strict):
     # How long a claim on a key may go without its holder's training advancing before a waiting trial
     # takes the key over (ecgtune.backbones.claims): a crashed pretrainer costs the others this long.
     backbone_lease_s: float = Field(120.0, gt=0)
+    # Where the sweep's Optuna study is kept (ecgtune.study; optuna-dashboard reads it): an RDB URL such
+    # as postgresql://user@host/db; None: a journal file on the driver's disk, beside the experiment.
+    optuna_storage: str | None = None
 
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
