@@ -1,7 +1,7 @@
 """Data stalls (benchmarks part 2): the share of a training step spent waiting for the next batch.
 
 For the smallest, the median and the largest model of each shipped search space
-(ecgtune/sweeps/resnet_widths.yaml, vit_patch_depth.yaml), trained with ecgtune's input pipeline
+(sweeps/resnet_widths.yaml, vit_patch_depth.yaml), trained with ecgtune's input pipeline
 (`Batches.epoch` over the store) and with the study-style one (a pandas `.asc` Dataset under a
 DataLoader with num_workers=2, see bench/common.py):
 
@@ -39,7 +39,7 @@ from bench import common
 from ecgtune.shipped import sweep_spec_path
 
 SCRIPT = "data_stalls"
-SPACES = ("resnet_widths", "vit_patch_depth")  # shipped sweeps (ecgtune/sweeps/)
+SPACES = ("resnet_widths", "vit_patch_depth")  # shipped sweeps (sweeps/)
 SIZES = ("smallest", "median", "largest")
 
 

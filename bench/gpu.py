@@ -64,7 +64,7 @@ from ecgtune.shipped import sweep_spec_path
 
 SCRIPT = "gpu"
 PARTS = ("precision", "residency", "packing", "study", "settings")
-SPACES = ("resnet_widths", "vit_patch_depth")  # shipped sweeps (ecgtune/sweeps/)
+SPACES = ("resnet_widths", "vit_patch_depth")  # shipped sweeps (sweeps/)
 MODELS_FULL = [
     "resnet_paper",
     "vit_paper",

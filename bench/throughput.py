@@ -42,7 +42,7 @@ from bench import common
 from ecgtune.shipped import sweep_spec_path
 
 SCRIPT = "throughput"
-SPACES = ("resnet_widths", "vit_patch_depth")  # shipped sweeps (ecgtune/sweeps/)
+SPACES = ("resnet_widths", "vit_patch_depth")  # shipped sweeps (sweeps/)
 MODELS_FULL = [
     "resnet_paper",
     "vit_paper",

@@ -6,11 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from ecgtune.data.locate import demo_root
+# Each verb imports what it needs when it runs: `ecgtune --help`, and `ecgtune validate` of a broken
+# file, must not wait seconds for torch, Ray or pandas (tests/test_imports.py).
 
 
 def _data_demo(args: argparse.Namespace) -> None:
     from ecgtune.data.demo import build_demo
+    from ecgtune.data.locate import demo_root
 
     for store, reused in build_demo(Path(args.root) if args.root else demo_root(), rebuild=args.rebuild):
         print(("reused " if reused else "built ") + store.summary())
@@ -55,7 +57,8 @@ def _data_generate(args: argparse.Namespace) -> None:
 
 
 def _data_simulate(args: argparse.Namespace) -> None:
-    from ecgtune.data.simulated_ptbxl import label_noise_floor, write_simulated_ptbxl
+    from ecgtune.data.simulated_ptbxl import write_simulated_ptbxl
+    from ecgtune.data.simulation_file import label_noise_floor
 
     out = write_simulated_ptbxl(
         args.out,
@@ -81,10 +84,12 @@ def _data_info(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
+    from ecgtune.shipped import sweep_spec_path
     from ecgtune.spec import load_spec
 
-    for path in args.specs:
-        spec = load_spec(path)
+    for name in args.specs:
+        path = sweep_spec_path(name)
+        spec = load_spec(path, args.overrides)
         kind = "sweep spec" if spec.search or spec.variants else "training config"
         print(f"{path}: valid {kind} '{spec.name}'")
 
@@ -97,9 +102,15 @@ def _sweep(args: argparse.Namespace) -> None:
     from ecgtune.sweep_results import format_summary
 
     path = sweep_spec_path(args.spec)
-    spec = load_spec(path)
+    spec = load_spec(path, args.overrides)  # a bad file or override fails here, before any data or Ray
     ensure_demo_data([spec.data.pretrain, spec.data.finetune])  # visibly, before the sweep resolves them
-    result = run_sweep(path, resume=args.resume, storage_path=args.storage_path, address=args.address)
+    result = run_sweep(
+        path,
+        overrides=args.overrides,
+        resume=args.resume,
+        storage_path=args.storage_path,
+        address=args.address,
+    )
     print(format_summary(result.summary))
     print(f"results: {result.experiment_path}")
 
@@ -109,6 +120,18 @@ def _report(args: argparse.Namespace) -> None:
 
     for path in report_experiment(args.experiment, outdir=args.out, top_k=args.top):
         print(path)
+
+
+def _dashboard(args: argparse.Namespace) -> None:
+    from ecgtune.study_dashboard import open_dashboard
+
+    board = open_dashboard(args.run, port=args.port)
+    # flush: a caller reading our stdout through a pipe (a script, a test) needs the URL before we block.
+    print(f"optuna-dashboard for study {board.location.name}: {board.url}", flush=True)
+    try:
+        board.serve_forever()
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how it is meant to end
 
 
 def _export(args: argparse.Namespace) -> None:
@@ -141,6 +164,7 @@ def _predict(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     """The whole path on the embedded data: data -> sweep -> report -> export -> train -> predict."""
     from ecgtune.data.demo import build_demo
+    from ecgtune.data.locate import demo_root
     from ecgtune.final import RepeatedTestEvaluation, train_final
     from ecgtune.predict import format_predictions, predict_records
     from ecgtune.report import export_best, report_experiment
@@ -199,8 +223,24 @@ def _simulate_epilog() -> str:
     return LABEL_DEFINITIONS
 
 
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose epilog may be a function, called when the help is printed: the
+    simulator's label definitions live beside its numpy code, which other commands need not import."""
+
+    def format_help(self) -> str:
+        if callable(self.epilog):
+            self.epilog = self.epilog()
+        return super().format_help()
+
+
+_SET_HELP = (
+    "override a setting of the spec, checked like the file (repeatable): a dotted KEY (search.num_samples, "
+    "stages.finetune.epochs, data.pretrain) and a YAML VALUE (4, 1e-3, [8, 8], {path: x})"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ecgtune", description=__doc__)
+    p = _Parser(prog="ecgtune", description=__doc__)  # subparsers are made with the same class
     verbs = p.add_subparsers(dest="verb", required=True)
 
     data = verbs.add_parser("data", help="convert ECG sources into cached stores")
@@ -244,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Write simulated 12-lead ECGs as a PTB-XL-format tree (records500/, records100/, "
         "ptbxl_database.csv, features/12sl_features.csv, simulation.json) whose HR, PR, QRS, QT labels "
         "are exact. Convert it with `ecgtune data ptbxl DIR -o STORE`.",
-        epilog=_simulate_epilog(),
+        epilog=_simulate_epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d.add_argument("-o", "--out", required=True, help="new (or empty) directory to write")
@@ -263,14 +303,20 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_data_info)
 
     v = verbs.add_parser("validate", help="check sweep specs / training configs without running them")
-    v.add_argument("specs", nargs="+")
+    v.add_argument("specs", nargs="+", help="spec files, or shipped sweeps' names (e.g. smoke)")
+    v.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP
+    )
     v.set_defaults(func=_validate)
 
     s = verbs.add_parser(
         "sweep", help="run a sweep spec on Ray Tune (local, or the cluster under `ray job submit`)"
     )
     s.add_argument(
-        "spec", help="a spec file, or a shipped sweep's name (e.g. smoke; the specs in ecgtune/sweeps/)"
+        "spec", help="a spec file, or a shipped sweep's name (e.g. smoke; the repository's sweeps/)"
+    )
+    s.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=_SET_HELP
     )
     s.add_argument(
         "--resume",
@@ -289,6 +335,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--out", help="output directory or URI (default: EXPERIMENT/report)")
     r.add_argument("--top", type=int, default=5, help="trials in the top-k tables and plots (default 5)")
     r.set_defaults(func=_report)
+
+    db = verbs.add_parser(
+        "dashboard", help="optuna-dashboard on a sweep's Optuna study (127.0.0.1, read-only; Ctrl-C ends it)"
+    )
+    db.add_argument("run", help="experiment directory (local path or URI) holding the sweep's study.json")
+    db.add_argument(
+        "--port", type=int, default=8080, help="port on 127.0.0.1 (default 8080; 0: any free one)"
+    )
+    db.set_defaults(func=_dashboard)
 
     e = verbs.add_parser("export", help="write the best full-fidelity trial as a standalone training config")
     e.add_argument("experiment", help="experiment directory (local path or URI)")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from typing import Any
 import ray
 from ray import tune
 from ray._private import ray_constants, services
+from ray.tune.schedulers import TrialScheduler
 
 from ecgtune.data.locate import require_store
 from ecgtune.experiment import (
@@ -30,7 +31,6 @@ from ecgtune.experiment import (
     write_summary,
 )
 from ecgtune.searchers import (
-    DivergenceAwareASHA,
     PruneAwareOptunaSearch,
     make_scheduler,
     make_searcher,
@@ -56,7 +56,7 @@ class Sweep:
 
     tuner: tune.Tuner
     searcher: PruneAwareOptunaSearch | None
-    scheduler: DivergenceAwareASHA | None
+    scheduler: TrialScheduler | None
     gauges: SweepGauges
 
 
@@ -113,17 +113,19 @@ def build_tuner(
     stop: tune.Stopper | None = None,
     searcher_class: type[PruneAwareOptunaSearch] | None = None,
     study: StudyLocation | None = None,
+    scheduler: TrialScheduler | None = None,
 ) -> Sweep:
     """The Tuner of a sweep. `study`: where its Optuna study is kept (None: in memory). `trainable`,
-    `stop` and `searcher_class` are for benchmarks: a replay of recorded learning curves in place of
-    training (bench/replay.py), a stop at a budget, and another searcher with the same constructor."""
+    `stop`, `searcher_class` and `scheduler` are for benchmarks: a replay of recorded learning curves in
+    place of training (bench/replay.py), a stop at a budget, another searcher with the same constructor,
+    and another scheduler than the spec's ASHA (Tune's HyperBand)."""
     search = spec.search
     trainable = _with_resources(trainable, spec)
     param_space: dict[str, Any] = {"spec": spec.model_dump(mode="json")}
     searcher = None
     num_samples = 1
     if spec.variants:
-        # Fixed experiments (ecgtune/sweeps/paper.yaml): a grid over the named variants, no TPE.
+        # Fixed experiments (sweeps/paper.yaml): a grid over the named variants, no TPE.
         param_space["variant"] = tune.grid_search(list(spec.variants))
     elif search is not None:
         num_samples = search.num_samples
@@ -133,7 +135,7 @@ def build_tuner(
             searcher_class=searcher_class,
             storage=study.open() if study is not None else None,
         )
-    scheduler = make_scheduler(spec)
+    scheduler = scheduler or make_scheduler(spec)
     gauges = SweepGauges(spec.name, spec.total_epochs)
     tuner = tune.Tuner(
         trainable,
@@ -168,9 +170,12 @@ def run_sweep(
     resume: str | None = None,
     storage_path: str | None = None,
     address: str | None = None,
+    overrides: Sequence[str] = (),
 ) -> SweepResult:
-    """Run (or, with `resume` = an experiment path or "latest", continue) the sweep of a spec file."""
-    spec = load_spec(spec_path)
+    """Run (or, with `resume` = an experiment path or "latest", continue) the sweep of a spec file,
+    with `overrides` (`KEY=VALUE`, `ecgtune sweep --set`) applied to it; the experiment's spec.yaml is the
+    spec as run, overrides included."""
+    spec = load_spec(spec_path, overrides)
     storage = _storage_path(spec, storage_path)
     # Ray's newer console output ignores verbose=0 and prints each trial's whole config.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")

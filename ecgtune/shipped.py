@@ -1,9 +1,12 @@
-"""The sweep specs that ship inside the package (`ecgtune/sweeps/*.yaml`), found by name.
+"""The shipped sweep specs (`sweeps/*.yaml` at the top of the repository), found by name.
 
-An installed ecgtune (a wheel, `pip install .` or from git — not a checkout) has them, and the example
-record the demo predicts (`ecgtune/examples/`): pyproject.toml lists both as package data, and
-tests/test_shipped.py builds the wheel and checks it holds them. So `ecgtune sweep smoke` and
-`ecgtune demo` work from any directory.
+One copy, in the repository's `sweeps/`: pyproject.toml maps that folder into the package
+(`ecgtune.sweeps`), so an installed ecgtune (a wheel, `pip install .` or from git) holds them as
+`ecgtune/sweeps/*.yaml`, beside the example record the demo predicts (`ecgtune/examples/`). A checkout,
+an editable install (which runs the checkout's code) and a Ray job's copy of the working tree have no
+`ecgtune/sweeps/` and read the repository's `sweeps/`. tests/test_shipped.py builds the wheel, installs
+it outside the checkout and runs a shipped sweep by name from there. So `ecgtune sweep smoke`,
+`ecgtune validate smoke` and `ecgtune demo` work from any directory.
 """
 
 from __future__ import annotations
@@ -11,9 +14,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-SWEEPS_DIR = Path(__file__).resolve().parent / "sweeps"
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _sweeps_dir() -> Path:
+    # The package's own copy first: an installed one is always complete, while the folder beside an
+    # installed package (site-packages/sweeps) may belong to anything.
+    installed = _PACKAGE / "sweeps"
+    return installed if installed.is_dir() else _PACKAGE.parent / "sweeps"
+
+
+SWEEPS_DIR = _sweeps_dir()
 # A real 12-lead ECG (PTB Diagnostic, ODC-By; attribution in examples/README.md) the demo predicts.
-EXAMPLE_RECORD = Path(__file__).resolve().parent / "examples" / "ptb-s0010" / "s0010_re"
+EXAMPLE_RECORD = _PACKAGE / "examples" / "ptb-s0010" / "s0010_re"
 
 
 def shipped_sweeps() -> list[str]:

@@ -1,7 +1,8 @@
 """The one training and evaluation loop: trials, final training and tests all use it.
 
-Read top to bottom: config → target standardisation → masked loss → batches
-→ the Trainer (one epoch, evaluate, checkpoint state) → transfer helpers.
+Read top to bottom: device → target standardisation → masked loss → batches
+→ the Trainer (one epoch, evaluate, checkpoint state) → transfer helpers. A stage's settings
+(`TrainConfig`, also importable from here) are declared in `ecgtune.train_config`, which needs no torch.
 
 Nothing here knows about Ray: callers drive it an epoch at a time (`Trainer.train_epoch`, then
 `Trainer.evaluate`) and report what they like — ecgtune.stages does, for sweep trials and final training.
@@ -9,66 +10,20 @@ Nothing here knows about Ray: callers drive it an epoch at a time (`Trainer.trai
 
 from __future__ import annotations
 
-import functools
 import math
 import time
-import typing
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
-from typing import Annotated, Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from torch import nn
 
 from ecgtune.data.store import SplitArrays
 from ecgtune.targets import MICROVOLTS_PER_MILLIVOLT, TARGETS, check_targets
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation settings of one training stage: the one declaration of each setting, its default
-    and its bounds. A spec's stages (`ecgtune.spec.StageSpec`) are made from these fields, so a new
-    knob or bound is added here only."""
-
-    epochs: Annotated[int, Field(ge=0)] = 10
-    batch_size: Annotated[int, Field(ge=1)] = 64
-    lr: Annotated[float, Field(gt=0)] = 1e-3
-    weight_decay: Annotated[float, Field(ge=0)] = 1e-2
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
-    warmup_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.05  # of all steps, for "cosine"
-    grad_clip: Annotated[float | None, Field(gt=0)] = 1.0
-    loss: Literal["l1", "huber"] = "l1"
-    huber_delta: Annotated[float, Field(gt=0)] = 1.0  # in standardised units
-    # Pretraining stores can be far larger than an epoch needs; None = the whole split.
-    samples_per_epoch: Annotated[int | None, Field(ge=1)] = None
-    freeze_backbone_epochs: Annotated[int, Field(ge=0)] = 0
-    eval_batch_size: Annotated[int, Field(ge=1)] = 256
-    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU, where it would only slow things down
-    compile: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        bad = []
-        for name, check in _setting_checks().items():
-            try:
-                check.validate_python(getattr(self, name))
-            except ValidationError as exc:
-                reason = exc.errors(include_url=False)[0]["msg"]
-                bad.append(f"{name}={getattr(self, name)!r} ({reason})")
-        if bad:
-            raise ValueError(f"invalid TrainConfig values: {', '.join(bad)}")
-
-
-@functools.cache
-def _setting_checks() -> dict[str, TypeAdapter[Any]]:
-    """A validator per TrainConfig field, from its declared type and bounds. NaN and infinity are never
-    a valid setting (a NaN bound would pass every comparison)."""
-    hints = typing.get_type_hints(TrainConfig, include_extras=True)
-    config = ConfigDict(allow_inf_nan=False)
-    return {f.name: TypeAdapter(hints[f.name], config=config) for f in fields(TrainConfig)}
+from ecgtune.train_config import TrainConfig  # the loop's settings; callers import it from here too
 
 
 def pick_device(device: str = "auto") -> torch.device:

@@ -150,7 +150,9 @@ def test_launcher_setup_installs_cuda_torch_then_ecgtune(path):
     assert re.search(r"--index-url https://download\.pytorch\.org/whl/cu\d+", setup[torch_at])
     ecgtune_at = next(i for i, c in enumerate(setup) if re.search(r"pip install .*-e ~/ecgtune\b", c))
     assert torch_at < ecgtune_at, "install the CUDA torch before the project"
-    assert "~/ecgtune/pyproject.toml" in cfg["file_mounts"] and "~/ecgtune/ecgtune" in cfg["file_mounts"]
+    # What `pip install -e` reads: the package and the shipped sweeps pyproject.toml maps into it.
+    for needed in ("pyproject.toml", "ecgtune", "sweeps"):
+        assert f"~/ecgtune/{needed}" in cfg["file_mounts"], needed
     for local in cfg["file_mounts"].values():
         if not local.startswith("~"):
             assert (REPO / local).exists(), f"file_mounts source {local} is not in the repository"
@@ -290,7 +292,7 @@ def test_runtime_env_excludes_data_results_and_virtualenvs(tmp_path):
         "ecgtune/cli.py",
         "ecgtune/data/store.py",
         "ecgtune/data/demo.py",
-        "ecgtune/sweeps/smoke.yaml",
+        "sweeps/smoke.yaml",
         "pyproject.toml",
     ]
     for rel in tree:
@@ -301,7 +303,7 @@ def test_runtime_env_excludes_data_results_and_virtualenvs(tmp_path):
         "ecgtune/cli.py",
         "ecgtune/data/store.py",
         "ecgtune/data/demo.py",
-        "ecgtune/sweeps/smoke.yaml",
+        "sweeps/smoke.yaml",
         "pyproject.toml",
     }
 

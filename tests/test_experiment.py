@@ -92,7 +92,8 @@ def test_spec_and_summary_round_trip_locally_and_through_a_uri(tmp_path):
         assert experiment.trials.set_index("trial_id")["status"].to_dict() == {"aaaa0001": "stopped"}
 
 
-# summary.json's keys, in order, as `ecgtune.sweep_results.summarize` wrote them before the experiment's owner.
+# summary.json's keys, in order, as `ecgtune.sweep_results.summarize` wrote them
+# before the experiment's owner.
 SUMMARY_KEYS = ["sweep", "metric", "mode", "max_epochs", "wall_seconds", "trials", "epochs_reached"]
 SUMMARY_KEYS += ["statuses", "best", "optuna_states"]
 TRIAL_KEYS = ["trial_id", "path", "config", "epochs", "status", "error", "objective", "best_objective"]

@@ -414,8 +414,8 @@ def sweep_with(spec_path: Path, trainable) -> tuple[Path, dict[str, Any]]:
     """The sweep of `spec_path` as `run_sweep` runs it, with `trainable` in place of `run_trial`:
     the experiment directory and the summary."""
     from ecgtune.search import build_tuner, resolve_data
-    from ecgtune.sweep_results import summarize
     from ecgtune.spec import load_spec
+    from ecgtune.sweep_results import summarize
 
     spec = resolve_data(load_spec(spec_path))
     name = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"

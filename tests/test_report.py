@@ -4,8 +4,8 @@ rankings, trials.csv, plots, and the CLI. No Ray.
 Two experiments are read:
 
 - `tests/fixtures/experiment/`: a real sweep (see tests/fixtures/README.md for how it was made and what
-  was stripped). Its `summary.json` was written by `ecgtune.sweep_results.summarize` from Tune's own ResultGrid,
-  so it is the expected output for the report's reading of the raw files.
+  was stripped). Its `summary.json` was written by `ecgtune.sweep_results.summarize` from Tune's own
+  ResultGrid, so it is the expected output for the report's reading of the raw files.
 - `handmade`: written by `write_handmade_experiment` below, file by file in the layout Ray Tune 2.60
   writes (one directory per trial with `params.json`, `result.json` as JSON lines, `error.txt` as
   Tune's `Trial.handle_error` appends it), with one trial of each kind, running, and no `summary.json`
@@ -271,7 +271,7 @@ def test_baseline_from_the_fine_tuning_store(handmade, handmade_report):
 
 
 def test_fixed_experiments_report_each_variant_model(tmp_path):
-    """A `variants` spec (ecgtune/sweeps/paper.yaml's kind): the model comes from each trial's variant, and a
+    """A `variants` spec (sweeps/paper.yaml's kind): the model comes from each trial's variant, and a
     variant that trains fewer epochs is finished when it has trained its own."""
     spec = handmade_spec(tmp_path / "ptbxl")
     spec["search"] = {"space": {}, "num_samples": 1, "asha": None}

@@ -13,8 +13,8 @@ import pytest
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from ecgtune.experiment import STATUSES, is_diverged, trial_status
-from ecgtune.sweep_callbacks import SweepGauges
 from ecgtune.searchers import DivergenceAwareASHA, PruneAwareOptunaSearch
+from ecgtune.sweep_callbacks import SweepGauges
 
 State = optuna.trial.TrialState
 NAN, INF = float("nan"), float("inf")

@@ -44,14 +44,13 @@ from ecgtune.data.simulate import (
 from ecgtune.data.simulated_ptbxl import (
     EXACT_LABELS_FILE,
     FEATURES_FILE,
-    SIMULATION_FILE,
     assign_folds,
     assign_patients,
-    label_noise_floor,
     quantise_12,
     scp_codes,
     write_simulated_ptbxl,
 )
+from ecgtune.data.simulation_file import SIMULATION_FILE, label_noise_floor
 from ecgtune.targets import TARGET_NAMES, TARGETS
 
 L_I, L_II, L_III, L_AVR, L_AVL, L_AVF = range(6)  # rows of the 12 PTB-XL leads

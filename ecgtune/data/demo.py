@@ -76,7 +76,8 @@ def build_demo_ptbxl(root: Path, rebuild: bool = False) -> tuple[ECGStore, bool]
     """Simulated PTB-XL (`ecgtune data simulate`, label noise on) written as the real download, then
     converted by the real PTB-XL loader."""
     from ecgtune.data.ptbxl import convert_ptbxl
-    from ecgtune.data.simulated_ptbxl import SIMULATION_FILE, write_simulated_ptbxl
+    from ecgtune.data.simulated_ptbxl import write_simulated_ptbxl
+    from ecgtune.data.simulation_file import SIMULATION_FILE
 
     source = root / "ptbxl-format"
     if (source / ".complete").is_file() and not (source / SIMULATION_FILE).exists():

@@ -34,6 +34,7 @@ from ecgtune.data.checks import drop_implausible, hr_from_rr, label_counts
 from ecgtune.data.convert import csv_columns, parse_numbers, read_chunks, read_csv_text
 from ecgtune.data.errors import LabelFormatError
 from ecgtune.data.ptbxl_format import DATABASE_FILE, FEATURE_FILES, FEATURE_TABLES, ID_COLUMN
+from ecgtune.data.simulation_file import SIMULATION_FILE, label_noise_floor
 from ecgtune.data.store import (
     ECGStore,
     SkipTally,
@@ -286,8 +287,6 @@ def _simulated_floor(root: Path, label_source: str) -> dict[str, Any] | None:
     """Per split, the label-noise floor a tree from `ecgtune data simulate` records for its 12SL labels
     (`ecgtune.baselines`); None for any other source. Of the tree's ECGs per fold: a conversion that
     skips or limits ECGs keeps the figure of the whole fold."""
-    from ecgtune.data.simulated_ptbxl import SIMULATION_FILE, label_noise_floor
-
     if label_source != "12sl" or not (root / SIMULATION_FILE).is_file():
         return None
     return {"source": str(root / SIMULATION_FILE), **{s: label_noise_floor(root, s) for s in ("val", "test")}}

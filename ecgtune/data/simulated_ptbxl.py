@@ -13,8 +13,8 @@
 
 so `ecgtune data ptbxl out -o STORE` converts it like PTB-XL. The ECGs and label definitions are
 `ecgtune.data.simulate`'s. With `label_noise`, 12sl_features.csv holds labels with the disagreement
-real measurement programs have, exact_labels.csv the noise-free ones, and `label_noise_floor(out)`
-the MAE a perfect model would show against the written labels.
+real measurement programs have, exact_labels.csv the noise-free ones, and simulation.json the MAE a
+perfect model would show against the written labels (`ecgtune.data.simulation_file.label_noise_floor`).
 """
 
 from __future__ import annotations
@@ -43,11 +43,11 @@ from ecgtune.data.simulate import (
     twelve_leads,
 )
 from ecgtune.data.simulate_noise import NoiseLevel, add_noise, noise_level
+from ecgtune.data.simulation_file import SIMULATION_FILE
 from ecgtune.paths import MARKER_FILE, OutputPathError, claim_output_dir, marker_kind, write_marker
 from ecgtune.progress import Progress
 from ecgtune.targets import MICROVOLTS_PER_MILLIVOLT, SAMPLING_RATE_HZ, TARGET_NAMES
 
-SIMULATION_FILE = "simulation.json"
 FEATURES_FILE = "features/12sl_features.csv"
 EXACT_LABELS_FILE = "features/exact_labels.csv"
 # What the simulator writes at the top of a tree: --rebuild replaces a tree holding nothing else.
@@ -153,25 +153,6 @@ def _floor(written: pd.DataFrame, exact: pd.DataFrame) -> dict[str, float | None
     return {
         t: float(np.mean(np.abs(written[t].to_numpy(float) - exact[t].to_numpy(float)))) for t in TARGET_NAMES
     }
-
-
-def label_noise_floor(root: str | os.PathLike, split: str | None = None) -> dict[str, float | None]:
-    """The label-noise floor of a simulated tree: per target, the MAE a perfect model would show
-    against the labels in its 12sl_features.csv (bpm, ms) = mean |written - exact| over the tree's
-    ECGs, or over one split ("train", "val", "test"; None where the split has no ECGs). All zero
-    without --label-noise.
-
-    Raises FileNotFoundError if `root` has no simulation.json, ValueError for an unknown split.
-    """
-    path = Path(root) / SIMULATION_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: {root} is not a tree written by `ecgtune data simulate`")
-    info = json.loads(path.read_text())["label_noise"]
-    if split is None:
-        return dict(info["floor_mae"])
-    if split not in info["floor_mae_by_split"]:
-        raise ValueError(f"unknown split {split!r}; the tree has {list(info['floor_mae_by_split'])}")
-    return dict(info["floor_mae_by_split"][split])
 
 
 # ----------------------------------------------------------------------------------- WFDB records

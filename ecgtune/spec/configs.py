@@ -16,7 +16,6 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ecgtune.models import model_names
 from ecgtune.spec.errors import SpecError, SpecProblem, format_validation_error
 from ecgtune.spec.schema import NAME_PATTERN, SPEC_VERSION, SearchSpec, Spec, asha_max_t
 from ecgtune.spec.space import (
@@ -89,6 +88,8 @@ def _version_problems(spec: Spec) -> list[str]:
 def _search_problems(spec: Spec, search: SearchSpec, deep: bool) -> list[str]:
     """Search-space keys, same_as/divides relations, ASHA against epochs, and (when `deep` and
     everything else holds) a meta-device build for every searched value, one parameter at a time."""
+    from ecgtune.models import model_names  # imports torch: only once a spec has parsed this far
+
     space = search.space
     base = trial_base(spec)
     problems = []

@@ -1,15 +1,19 @@
-"""Spec files: YAML in (`load_spec`) and out (`dump_spec`), safely and cheaply.
+"""Spec files: YAML in (`load_spec`, with `--set KEY=VALUE` overrides) and out (`dump_spec`), safely
+and cheaply.
 
 A safe loader (no Python tags) that reads `1e-3` as a float and refuses duplicate keys; what a file may
 cost to read (size, nesting, alias expansion) is checked before any object is built. Errors name the
-file: `sweeps/x.yaml: not valid YAML: ... (line 3, column 5)`.
+file: `sweeps/x.yaml: not valid YAML: ... (line 3, column 5)`. Overrides are applied to what the file
+reads as, before any check, so a misspelt or out-of-range override fails exactly as it would in the file.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,8 +67,12 @@ MAX_SPEC_DEPTH = 32
 MAX_SPEC_NODES = 100_000
 
 
-def load_spec(path: str | os.PathLike[str]) -> Spec:
-    """Read and check a spec file (YAML, safe loader: no Python tags). Raises SpecError naming the file."""
+def load_spec(path: str | os.PathLike[str], overrides: Sequence[str] = ()) -> Spec:
+    """Read and check a spec file (YAML, safe loader: no Python tags). Raises SpecError naming the file.
+
+    `overrides` are `KEY=VALUE` settings (`apply_overrides`), applied before the checks; errors then
+    name the file and the overrides.
+    """
     source = str(path)
     try:
         with open(path, "rb") as f:
@@ -78,13 +86,73 @@ def load_spec(path: str | os.PathLike[str]) -> Spec:
     except UnicodeDecodeError as exc:
         raise SpecError(source, [f"not UTF-8 text (byte {exc.start} cannot be decoded)"]) from None
     try:
-        _check_reading_cost(text)
-        data = yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: `!!python/...` tags are refused
-    except yaml.YAMLError as exc:
-        raise SpecError(source, [f"not valid YAML: {_yaml_problem(exc)}"]) from None
+        data = _read_yaml(text)
+        if overrides:
+            data = apply_overrides(data, overrides)
     except SpecProblem as exc:
         raise SpecError(source, [str(exc)]) from None
+    if overrides:  # what is checked next is the file and the overrides together
+        source = f"{source} with --set {' '.join(overrides)}"
     return spec_from_dict(data, source=source)
+
+
+def _read_yaml(text: str) -> Any:
+    """What YAML text reads as; SpecProblem for invalid YAML or YAML too costly to read."""
+    try:
+        _check_reading_cost(text)
+        return yaml.load(text, Loader=_SpecLoader)  # a SafeLoader: `!!python/...` tags are refused
+    except yaml.YAMLError as exc:
+        raise SpecProblem(f"not valid YAML: {_yaml_problem(exc)}") from None
+
+
+def apply_overrides(data: Any, overrides: Sequence[str]) -> Any:
+    """`data` (a spec file as read) with each `KEY=VALUE` of `overrides` set, in order; `data` is left
+    alone. KEY is a dotted path (`search.num_samples`, `stages.finetune.epochs`, `model.params.widths.0`);
+    VALUE is read as YAML, like the file (`1e-3`, `true`, `[8, 8]`, `{path: ptbxl}`; empty: null).
+
+    Only the path is checked here (SpecProblem: each step must be a mapping, or a list and an index in
+    it); a key the spec does not know, or a value it does not take, is refused by the spec's own checks
+    afterwards, as in a file. A key that itself holds dots (a search-space key such as
+    `model.block_kernel`) matches when the spec has it: `search.space.model.block_kernel.choices=[9, 15]`.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        return data  # not a mapping at all: spec_from_dict says so, naming what it got
+    data = copy.deepcopy(data)
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        try:
+            if not sep or any(not part.strip() for part in key.split(".")):
+                raise SpecProblem("expected KEY=VALUE with a dotted KEY, e.g. search.num_samples=4")
+            _set_path(data, [part.strip() for part in key.split(".")], _read_yaml(text))
+        except SpecProblem as exc:
+            raise SpecProblem(f"--set {override}: {exc}") from None
+    return data
+
+
+def _set_path(node: Any, parts: list[str], value: Any) -> None:
+    where: list[str] = []
+    while True:
+        if isinstance(node, list):
+            if not parts[0].isdigit() or int(parts[0]) >= len(node):
+                at = ".".join(where)
+                raise SpecProblem(f"{at} is a list of {len(node)}; {parts[0]!r} is not an index in it")
+            take = 1
+        elif isinstance(node, dict):
+            # The longest run of parts that is a key here, so dotted keys (search.space's) are found.
+            take = next((n for n in range(len(parts), 1, -1) if ".".join(parts[:n]) in node), 1)
+        else:
+            raise SpecProblem(f"{'.'.join(where)} is {node!r}, not a mapping or list")
+        step, parts = ".".join(parts[:take]), parts[take:]
+        index: Any = int(step) if isinstance(node, list) else step
+        where.append(step)
+        if not parts:
+            node[index] = value
+            return
+        if isinstance(node, dict) and node.get(index) is None:
+            node[index] = {}  # a section the file leaves out (or null) is filled in
+        node = node[index]
 
 
 def _check_reading_cost(text: str) -> None:

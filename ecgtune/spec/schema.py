@@ -3,7 +3,7 @@ answers (planned epochs, the network config, ASHA's clock). Field-level checks o
 fields are in `ecgtune.spec.configs`, reading and writing YAML in `ecgtune.spec.load`.
 
 One schema serves both uses:
-- a *sweep spec* (`ecgtune/sweeps/*.yaml`) has a `search` section: what to vary, how to stop;
+- a *sweep spec* (`sweeps/*.yaml`) has a `search` section: what to vary, how to stop;
 - a *training config* (`ecgtune export` output, or hand-written) has none: one fixed run.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from ecgtune.train import TrainConfig
+from ecgtune.train_config import TrainConfig
 
 SPEC_VERSION = 1
 
@@ -70,7 +70,7 @@ def _stage_fields() -> dict[str, Any]:
 
 class StageSpec(create_model("_StageFields", __base__=Strict, __module__=__name__, **_stage_fields())):
     """One stage's training settings (epochs, lr, batch size, ...): the fields, defaults and bounds of
-    `ecgtune.train.TrainConfig`, declared there once."""
+    `ecgtune.train_config.TrainConfig`, declared there once."""
 
     def train_config(self, seed: int) -> TrainConfig:
         return TrainConfig(**self.model_dump(), seed=seed)

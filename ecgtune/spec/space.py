@@ -14,15 +14,14 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import types
 import typing
 import warnings
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from pydantic import ValidationError
 
-from ecgtune.models import MODEL_FAMILIES, PRESETS, create_model, model_names
 from ecgtune.spec.errors import SpecProblem, allowed_hint, format_validation_error, strict_problem
 from ecgtune.spec.schema import Distribution, Spec, StageSpec, TransferSpec, is_int
 from ecgtune.targets import check_targets
@@ -43,28 +42,37 @@ def trial_base(spec: Spec) -> dict[str, Any]:
     return d
 
 
+def _models() -> types.ModuleType:
+    """The model registry, imported on first use: it imports torch (seconds), which a spec refused
+    before its model is checked (`ecgtune validate` of a broken file) must not wait for."""
+    import ecgtune.models
+
+    return ecgtune.models
+
+
 def _family(model_name: str) -> str:
-    if model_name in MODEL_FAMILIES:
+    models = _models()
+    if model_name in models.MODEL_FAMILIES:
         return model_name
-    if model_name in PRESETS:
-        return PRESETS[model_name][0]
-    raise SpecProblem(f"unknown model {model_name!r}; known: {', '.join(model_names())}")
+    if model_name in models.PRESETS:
+        return models.PRESETS[model_name][0]
+    raise SpecProblem(f"unknown model {model_name!r}; known: {', '.join(models.model_names())}")
 
 
 @functools.cache
 def _knob_hints(family: str) -> dict[str, Any]:
     """Constructor keyword -> type hint, for the knobs a spec may set."""
-    hints = typing.get_type_hints(MODEL_FAMILIES[family].__init__)
+    hints = typing.get_type_hints(_models().MODEL_FAMILIES[family].__init__)
     return {k: v for k, v in hints.items() if k != "return" and k not in RESERVED_KNOBS}
 
 
 def _knob_defaults(model_name: str) -> dict[str, Any]:
     """Every knob's value when a spec does not set it: the preset's, else the constructor default."""
-    family = _family(model_name)
-    signature = inspect.signature(MODEL_FAMILIES[family])
+    family, models = _family(model_name), _models()
+    signature = inspect.signature(models.MODEL_FAMILIES[family])
     defaults = {k: p.default for k, p in signature.parameters.items() if p.default is not p.empty}
-    if model_name in PRESETS:
-        defaults.update(PRESETS[model_name][1])
+    if model_name in models.PRESETS:
+        defaults.update(models.PRESETS[model_name][1])
     return {k: list(v) if isinstance(v, tuple) else v for k, v in defaults.items()}
 
 
@@ -191,10 +199,12 @@ def _build_error(name: str, params: Mapping[str, Any], num_outputs: int) -> str 
     if key not in _BUILD_ERRORS:
         if len(_BUILD_ERRORS) > 4096:
             _BUILD_ERRORS.clear()
+        import torch
+
         try:
             with warnings.catch_warnings(), torch.device("meta"):
                 warnings.simplefilter("ignore")
-                create_model(name, **params, num_outputs=num_outputs)
+                _models().create_model(name, **params, num_outputs=num_outputs)
             _BUILD_ERRORS[key] = None
         except Exception as exc:  # the constructor's message is the explanation we pass on
             _BUILD_ERRORS[key] = str(exc) or type(exc).__name__
