@@ -113,6 +113,18 @@ def _sweep(args: argparse.Namespace) -> None:
     )
     print(format_summary(result.summary))
     print(f"results: {result.experiment_path}")
+    _fail_if_failed(result.summary)
+
+
+class SweepFailed(RuntimeError):
+    """A sweep whose trials all errored, or none of which trained every epoch: exit status 1."""
+
+
+def _fail_if_failed(summary: dict) -> None:
+    from ecgtune.experiment import sweep_failure
+
+    if why := sweep_failure(summary):
+        raise SweepFailed(why)
 
 
 def _report(args: argparse.Namespace) -> None:
@@ -177,6 +189,7 @@ def _demo(args: argparse.Namespace) -> None:
         print(("reused " if reused else "built ") + store.summary())
     result = run_sweep(sweep_spec_path("smoke"))  # shipped inside the package, like the example record
     print(format_summary(result.summary))
+    _fail_if_failed(result.summary)
     experiment = Path(result.experiment_path)
     report_experiment(experiment)
     print(f"\nreport: {experiment / 'report' / 'report.md'}")
@@ -392,6 +405,10 @@ def main(argv: list[str] | None = None) -> int:
         # Our errors name the file/key and what was expected; a traceback would only bury that.
         print(f"ecgtune {args.verb}: error: {e}", file=sys.stderr)
         return 2
+    except SweepFailed as e:
+        # After the summary table: one line saying why, and a status `ray job submit` reads as FAILED.
+        print(f"ecgtune {args.verb}: {e}", file=sys.stderr)
+        return 1
     except ImportError as e:
         from ecgtune.data.labellers import LabellerNotInstalledError
 

@@ -6,6 +6,7 @@ which would hide a CLI that does not)."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import socket
@@ -21,6 +22,7 @@ import torch
 from synthetic import write_trial_stores
 from test_sweep import write_spec
 
+from ecgtune import cli
 from ecgtune.spec import load_spec
 from ecgtune.trial import GPUUnavailableError, trial_device
 
@@ -120,12 +122,11 @@ def test_trial_device_refuses_a_granted_gpu_torch_cannot_use(stores, tmp_path):
 @pytest.mark.slow
 @pytest.mark.cluster
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where torch sees no CUDA device")
-def test_gpu_sweep_on_fake_gpus_fails_at_once_or_falls_back_when_asked(stores, tmp_path):
+def test_gpu_sweep_on_fake_gpus_fails_at_once_or_falls_back_when_asked(stores, tmp_path, capsys):
     """`ray.init(num_gpus=1)` on a CPU machine: Ray grants fractional GPUs that a CPU torch cannot use."""
     import ray
     import yaml
 
-    from ecgtune.search import run_sweep
 
     spec_file = write_spec(tmp_path / "spec.yaml", stores, tmp_path / "runs", num_samples=2, concurrent=2)
     raw = yaml.safe_load(spec_file.read_text())
@@ -138,8 +139,18 @@ def test_gpu_sweep_on_fake_gpus_fails_at_once_or_falls_back_when_asked(stores, t
     fallback_file.write_text(yaml.safe_dump(raw))
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
     try:
-        refused = run_sweep(spec_file).summary
-        allowed = run_sweep(fallback_file).summary
+        # As `ray job submit` runs it: the command's exit status is the job's state.
+        assert cli.main(["sweep", str(spec_file)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(
+            "ecgtune sweep: sweep sweeptest failed: all 2 trials errored"
+        ), err
+        assert "finds no CUDA device" in err[0]
+        (refused_file,) = (tmp_path / "runs").glob("sweeptest-*/summary.json")
+        refused = json.loads(refused_file.read_text())
+        assert cli.main(["sweep", str(fallback_file)]) == 0
+        (allowed_file,) = (tmp_path / "runs").glob("fallback-*/summary.json")
+        allowed = json.loads(allowed_file.read_text())
     finally:
         ray.shutdown()
     assert [t["status"] for t in refused["trials"]] == ["error", "error"]

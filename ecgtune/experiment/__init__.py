@@ -43,7 +43,7 @@ from ecgtune.experiment.results import (
     is_diverged,
     trial_status,
 )
-from ecgtune.experiment.summary import describe_backbone, sweep_summary, trial_summary
+from ecgtune.experiment.summary import describe_backbone, sweep_failure, sweep_summary, trial_summary
 
 __all__ = [
     "BACKBONE_FROM",
@@ -73,6 +73,7 @@ __all__ = [
     "finite_objective",
     "is_diverged",
     "read_experiment",
+    "sweep_failure",
     "sweep_summary",
     "trial_spec",
     "trial_status",

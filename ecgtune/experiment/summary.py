@@ -123,3 +123,19 @@ def backbone_totals(
         "saved_seconds": sum(b["saved_seconds"] for b in entries if b["origin"] == "reused"),
         "searcher": sharing,
     }
+
+
+def sweep_failure(summary: Mapping[str, Any]) -> str | None:
+    """Why a sweep failed, in one line, or None when it produced what a sweep is for: a trial trained
+    through every epoch. `ecgtune sweep` exits non-zero on it, so a `ray job submit` of it reads FAILED
+    (Tune's fit() returns normally even when every trial errored)."""
+    trials = summary.get("trials", [])
+    errored = [t for t in trials if t.get("status") == "error"]
+    if trials and len(errored) == len(trials):
+        first = errored[0].get("error") or "no error message"
+        return f"sweep {summary.get('sweep')} failed: all {len(trials)} trials errored (first: {first})"
+    if not any(t.get("status") == "finished" for t in trials):
+        counts = ", ".join(f"{n} {s}" for s, n in (summary.get("statuses") or {}).items() if n) or "no trials"
+        return f"sweep {summary.get('sweep')} failed: no trial trained every epoch ({counts})"
+    return None
+
