@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 from ray import tune
 from ray._private import ray_constants, services
 from ray.tune.schedulers import TrialScheduler
 
+from ecgtune.backbone_search import BackboneSharingSearch
 from ecgtune.data.locate import require_store
 from ecgtune.experiment import (
     MODE,
@@ -30,13 +32,9 @@ from ecgtune.experiment import (
     write_spec,
     write_summary,
 )
-from ecgtune.searchers import (
-    PruneAwareOptunaSearch,
-    make_scheduler,
-    make_searcher,
-    saved_searcher,
-)
-from ecgtune.spec import Spec, StoreSpec, load_spec
+from ecgtune.sampler import make_sampler
+from ecgtune.searchers import DivergenceAwareASHA, PruneAwareOptunaSearch, asha_clock, saved_searcher
+from ecgtune.spec import SearcherSpec, Spec, StoreSpec, asha_max_t, load_spec
 from ecgtune.stages import require_finetune_labels
 from ecgtune.study import StudyLocation, study_location, write_study_pointer
 from ecgtune.sweep_callbacks import ProgressLines, SweepGauges
@@ -105,6 +103,75 @@ def _latest_experiment(storage: str, name: str) -> str:
     return str(candidates[-1].parent)
 
 
+# ------------------------------------------------------------------------------ searcher, scheduler
+
+
+def make_searcher(
+    spec: Spec,
+    study_name: str,
+    searcher_class: type[PruneAwareOptunaSearch] | None = None,
+    storage: optuna.storages.BaseStorage | None = None,
+) -> PruneAwareOptunaSearch:
+    """The searcher of a sweep with a search section: its sampler (`make_sampler_of`) over its space,
+    sharing backbones when the spec says so (`search.backbones`). `storage`: where the Optuna study
+    lives (None: in memory). `searcher_class` (same constructor) is for benchmarks that compare
+    searchers (bench/replay.py)."""
+    search = spec.search
+    if search is None:
+        raise ValueError(f"spec {spec.name!r} has no search section")
+    cls = searcher_class or (
+        BackboneSharingSearch if search.backbones is not None else PruneAwareOptunaSearch
+    )
+    kwargs: dict[str, Any] = {}
+    if issubclass(cls, BackboneSharingSearch):
+        kwargs = {
+            "sharing": search.backbones,
+            "pretrain_epochs": spec.pretrain_epochs,
+            "first_rung": search.asha.grace_period if search.asha is not None else 1,
+        }
+    return cls(
+        space=make_sampler(spec),  # picklable (resume re-loads the searcher)
+        metric=OBJECTIVE,
+        mode=MODE,
+        sampler=make_sampler_of(search.searcher),
+        study_name=study_name,  # unique per sweep run
+        storage=storage,
+        clock=asha_clock(search.asha),
+        **kwargs,
+    )
+
+
+def make_sampler_of(searcher: SearcherSpec) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler a spec's `search.searcher` names, seeded."""
+    if searcher.algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=searcher.seed)
+    if searcher.algorithm == "gp":
+        return optuna.samplers.GPSampler(seed=searcher.seed, n_startup_trials=searcher.n_startup_trials)
+    return optuna.samplers.TPESampler(
+        seed=searcher.seed, n_startup_trials=searcher.n_startup_trials, multivariate=searcher.multivariate
+    )
+
+
+def make_scheduler(spec: Spec, experiment_path: str | None = None) -> DivergenceAwareASHA | None:
+    """ASHA on the spec's clock; None without `search.asha`. `experiment_path`: where the sweep's results
+    are written, from which a resumed sweep's ASHA rebuilds its rungs (`DivergenceAwareASHA`)."""
+    asha = spec.search.asha if spec.search is not None else None
+    if asha is None:
+        return None
+    return DivergenceAwareASHA(
+        time_attr=asha_clock(asha),  # metric and mode: TuneConfig's (Tune refuses both)
+        max_t=asha_max_t(spec, asha),
+        grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor,
+        brackets=asha.brackets,
+        experiment_path=experiment_path,
+    )
+
+
+
+# --------------------------------------------------------------------------------------- the Tuner
+
+
 def build_tuner(
     spec: Spec,
     storage: str,
@@ -135,7 +202,7 @@ def build_tuner(
             searcher_class=searcher_class,
             storage=study.open() if study is not None else None,
         )
-    scheduler = scheduler or make_scheduler(spec)
+    scheduler = scheduler or make_scheduler(spec, f"{storage.rstrip('/')}/{experiment_name}")
     gauges = SweepGauges(spec.name, spec.total_epochs)
     tuner = tune.Tuner(
         trainable,

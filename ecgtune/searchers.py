@@ -1,6 +1,6 @@
-"""The search algorithm and the scheduler of a sweep: Optuna TPE (or random search) told what ASHA saw,
-and ASHA that keeps diverged trials out of its rungs. The driver (`ecgtune.search`) builds them with
-`make_searcher` and `make_scheduler`.
+"""The search algorithm and the scheduler of a sweep: Optuna's sampler told what ASHA saw, and ASHA that
+keeps diverged trials out of its rungs and rebuilds them on resume. The driver (`ecgtune.search`) builds
+them from a spec; `ecgtune.backbone_search` extends the searcher to share pretrained backbones.
 
 What a trial's last result means (finished / stopped / diverged / error) is
 `ecgtune.experiment.trial_status`'s decision, here as everywhere.
@@ -8,80 +8,20 @@ What a trial's last result means (finished / stopped / diverged / error) is
 
 from __future__ import annotations
 
-import json
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import optuna
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from ecgtune.experiment import EPOCH, MODE, OBJECTIVE, finite_objective, is_diverged, trial_status
-from ecgtune.sampler import make_sampler
-from ecgtune.spec import ASHASpec, BackboneSharingSpec, SearcherSpec, Spec, asha_max_t
-
-
-def make_searcher(
-    spec: Spec,
-    study_name: str,
-    searcher_class: type[PruneAwareOptunaSearch] | None = None,
-    storage: optuna.storages.BaseStorage | None = None,
-) -> PruneAwareOptunaSearch:
-    """The searcher of a sweep with a search section: its sampler (`make_sampler_of`) over its space,
-    sharing backbones when the spec says so (`search.backbones`). `storage`: where the Optuna study
-    lives (None: in memory). `searcher_class` (same constructor) is for benchmarks that compare
-    searchers (bench/replay.py)."""
-    search = spec.search
-    if search is None:
-        raise ValueError(f"spec {spec.name!r} has no search section")
-    cls = searcher_class or (
-        BackboneSharingSearch if search.backbones is not None else PruneAwareOptunaSearch
-    )
-    kwargs: dict[str, Any] = {}
-    if issubclass(cls, BackboneSharingSearch):
-        kwargs = {
-            "sharing": search.backbones,
-            "pretrain_epochs": spec.pretrain_epochs,
-            "first_rung": search.asha.grace_period if search.asha is not None else 1,
-        }
-    return cls(
-        space=make_sampler(spec),  # picklable (resume re-loads the searcher)
-        metric=OBJECTIVE,
-        mode=MODE,
-        sampler=make_sampler_of(search.searcher),
-        study_name=study_name,  # unique per sweep run
-        storage=storage,
-        clock=asha_clock(search.asha),
-        **kwargs,
-    )
-
-
-def make_sampler_of(searcher: SearcherSpec) -> optuna.samplers.BaseSampler:
-    """The Optuna sampler a spec's `search.searcher` names, seeded."""
-    if searcher.algorithm == "random":
-        return optuna.samplers.RandomSampler(seed=searcher.seed)
-    if searcher.algorithm == "gp":
-        return optuna.samplers.GPSampler(seed=searcher.seed, n_startup_trials=searcher.n_startup_trials)
-    return optuna.samplers.TPESampler(
-        seed=searcher.seed, n_startup_trials=searcher.n_startup_trials, multivariate=searcher.multivariate
-    )
-
-
-def make_scheduler(spec: Spec) -> DivergenceAwareASHA | None:
-    """ASHA on the spec's clock; None without `search.asha`."""
-    asha = spec.search.asha if spec.search is not None else None
-    if asha is None:
-        return None
-    return DivergenceAwareASHA(
-        time_attr=asha_clock(asha),  # metric and mode: TuneConfig's (Tune refuses both)
-        max_t=asha_max_t(spec, asha),
-        grace_period=asha.grace_period,
-        reduction_factor=asha.reduction_factor,
-        brackets=asha.brackets,
-    )
+from ecgtune.experiment import ExperimentError, finite_objective, is_diverged, trial_status
+from ecgtune.experiment.files import read_files
+from ecgtune.spec import ASHASpec
 
 
 def asha_clock(asha: ASHASpec | None) -> str:
@@ -168,13 +108,37 @@ class PruneAwareOptunaSearch(OptunaSearch):
 
 
 class DivergenceAwareASHA(ASHAScheduler):
-    """ASHA that stops a diverged trial at once and never puts its result in a rung.
+    """ASHA that stops a diverged trial at once, never puts its result in a rung, and rebuilds its rungs
+    when a sweep resumes.
 
     A diverged epoch's result still carries the metric key (Tune 2.60 raises for a result without it:
     `TuneController._validate_result_metrics`), as NaN, beside `diverged: True`. Stock ASHA would
     record -NaN (or -inf) in the rung, where `np.nanpercentile` skips NaN, returns NaN for an all-NaN
     rung (no trial is ever stopped there again) and is dragged by inf.
+
+    Resume: `Tuner.restore` brings the searcher back but builds the scheduler anew from tuner.pkl, with
+    empty rungs, so a resumed ASHA would stop trials against rungs that forgot every trial from before
+    the interruption. This one reads, before its first decision, every result the experiment directory
+    (`experiment_path`) holds and records them in its rungs as they were recorded when reported: each
+    trial's first result at or past a milestone. With one bracket (every shipped sweep) that is exactly
+    the state the uninterrupted scheduler had; with several, Tune's random bracket of each earlier trial
+    is not recorded anywhere, so the rungs are left as Tune leaves them (`rebuilt` says so).
     """
+
+    def __init__(self, *args: Any, experiment_path: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.experiment_path = experiment_path
+        self.rebuilt: str | None = None  # what the rebuild found, for the driver's log
+        self._rebuild_pending = True
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled from tuner.pkl by Tuner.restore: rebuild before deciding anything.
+        self.__dict__.update(state)
+        self._rebuild_pending = True
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._rebuild_once()
+        super().on_trial_add(tune_controller, trial)
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if is_diverged(result):
@@ -187,143 +151,39 @@ class DivergenceAwareASHA(ASHAScheduler):
             return
         super().on_trial_complete(tune_controller, trial, result)
 
-
-# ------------------------------------------------------------------------------------ sharing backbones
-# A searcher that makes trials share pretrained backbones: TPE at two levels.
-#
-# Sharing pays only when suggestions repeat backbones, and a continuous space never repeats one by chance.
-# So, with a spec's `search.backbones` (`ecgtune.spec.BackboneSharingSpec`), each suggestion first decides
-# between a new backbone and one already pretrained:
-# - a new backbone: Optuna samples every key, as without sharing; the trial pretrains and writes the entry;
-# - a pretrained backbone: its model.* and pretrain.* values are fixed (Optuna's `enqueue_trial` with those
-#   parameters only), and the sampler draws the fine-tuning keys given them; the trial loads the entry and
-#   starts at fine-tuning epoch 1 (`ecgtune.reuse`).
-#
-# A backbone is offered again only after a trial reported its last pretraining epoch (the entry is written
-# before that report: `ecgtune.trial`), so the searcher holds back instead of making trials wait; and only
-# while fewer than `trials_per_backbone` trials have used it. Which one: `pick` "oldest" fills every
-# backbone in turn; "best" takes the backbone whose trials scored best at ASHA's first rung, if it ranks in
-# the best `top_fraction` of backbones scored so far, and otherwise draws a new backbone.
-#
-# Everything else (what TPE and ASHA are told) is `PruneAwareOptunaSearch`'s.
-
-BACKBONE_PREFIXES = ("model.", "pretrain.")
-
-
-def is_backbone_param(name: str) -> bool:
-    """A search-space key (or Optuna's name for it, `model.num_heads|model.embed_dim=128`) that the
-    backbone key covers."""
-    return name.startswith(BACKBONE_PREFIXES)
-
-
-class BackboneSharingSearch(PruneAwareOptunaSearch):
-    """`PruneAwareOptunaSearch` that reuses pretrained backbones (see the module docstring).
-
-    `pretrain_epochs`: epochs a trial pretrains (its backbone is stored after the last). `first_rung`:
-    the clock value at which trials are scored (ASHA's grace period). `groups` holds, per backbone (its
-    parameters as JSON), the trials that used it, whether it is pretrained, failed, and its score.
-    """
-
-    def __init__(
-        self,
-        *args: Any,
-        sharing: BackboneSharingSpec | None = None,
-        pretrain_epochs: int = 0,
-        first_rung: int = 1,
-        **kwargs: Any,
-    ):
-        super().__init__(*args, **kwargs)
-        self.sharing = sharing or BackboneSharingSpec()
-        self.pretrain_epochs = pretrain_epochs
-        self.first_rung = first_rung
-        self.groups: dict[str, dict[str, Any]] = {}
-        self.trial_group: dict[str, str] = {}
-        self.reuses = 0  # suggestions that reused a pretrained backbone
-
-    # ---------------------------------------------------------------------------------- suggesting
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        group = self._pick()
-        if group is not None and trial_id not in self._ot_trials:
-            self._ot_study.enqueue_trial(group["params"], skip_if_exists=False)
-        config = super().suggest(trial_id)
-        if config is None or config == Searcher.FINISHED or trial_id not in self._ot_trials:
-            return config
-        params = {k: v for k, v in self._ot_trials[trial_id].params.items() if is_backbone_param(k)}
-        gid = json.dumps(params, sort_keys=True, default=str)
-        entry = self.groups.setdefault(
-            gid,
-            {
-                "params": params,
-                "trials": [],
-                "ready": False,
-                "failed": False,
-                "score": None,
-                "order": len(self.groups),
-            },
-        )
-        if entry["trials"]:
-            self.reuses += 1
-        entry["trials"].append(trial_id)
-        self.trial_group[trial_id] = gid
-        return config
-
-    def _pick(self) -> dict[str, Any] | None:
-        """The pretrained backbone the next trial reuses, or None for a new one."""
-        share = self.sharing
-        open_groups = [
-            g
-            for g in self.groups.values()
-            if g["ready"] and not g["failed"] and len(g["trials"]) < share.trials_per_backbone
-        ]
-        if not open_groups:
-            return None
-        if share.pick == "oldest":
-            return min(open_groups, key=lambda g: g["order"])
-        scored = [g["score"] for g in self.groups.values() if g["score"] is not None and not g["failed"]]
-        candidates = [g for g in open_groups if g["score"] is not None]
-        if not candidates:
-            return None
-        best = min(candidates, key=lambda g: g["score"])
-        better = sum(s < best["score"] for s in scored)
-        return best if better < max(1.0, share.top_fraction * len(scored)) else None
-
-    # ------------------------------------------------------------------------------------ learning
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        self._learn(trial_id, result)
-        super().on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if result:
-            self._learn(trial_id, result)
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-    def _learn(self, trial_id: str, result: dict) -> None:
-        """A backbone is pretrained once a trial reported its last pretraining epoch (finite); failed if
-        its pretraining diverged; scored by its trials' best objective at the first rung."""
-        group = self.groups.get(self.trial_group.get(trial_id, ""))
-        if group is None:
+    def _rebuild_once(self) -> None:
+        if not self._rebuild_pending:
             return
-        epoch = result.get(EPOCH) or 0
-        if is_diverged(result):
-            if epoch <= self.pretrain_epochs:
-                group["failed"] = True
+        self._rebuild_pending = False
+        if not self.experiment_path:
             return
-        if epoch >= self.pretrain_epochs:
-            group["ready"] = True
-        value = finite_objective(result)
-        if result.get(self.clock) == self.first_rung and value is not None:
-            group["score"] = value if group["score"] is None else min(group["score"], value)
+        try:
+            trials = read_files(self.experiment_path).trials
+        except (FileNotFoundError, ExperimentError):
+            return  # a new sweep: nothing reported yet
+        self.rebuild(trial.results for trial in trials)
+        print(f"ASHA, resumed: {self.rebuilt}", flush=True)  # the driver's console, once
 
-    def sharing_summary(self) -> dict[str, Any]:
-        """For summary.json: backbones drawn, trials that reused one, trials per backbone."""
-        per = [len(g["trials"]) for g in self.groups.values()]
-        return {
-            "backbones": len(self.groups),
-            "reusing_trials": self.reuses,
-            "trials_per_backbone": {str(n): per.count(n) for n in sorted(set(per))},
-        }
+    def rebuild(self, histories: Iterable[list[dict]]) -> None:
+        """Record every trial's results (each a list in the order reported) in the rungs."""
+        trials = results = 0
+        if len(self._brackets) != 1:
+            self.rebuilt = (
+                f"rungs not rebuilt: {len(self._brackets)} brackets (Tune's bracket of each trial is lost)"
+            )
+            return
+        (bracket,) = self._brackets
+        for history in histories:
+            usable = [r for r in history if not is_diverged(r) and self._time_attr in r and self._metric in r]
+            if not usable:
+                continue
+            trial = SimpleNamespace(trial_id=str(usable[0].get("trial_id")))
+            trials += 1
+            for r in usable:
+                results += 1
+                bracket.on_result(trial, r[self._time_attr], self._metric_op * r[self._metric])
+        held = sum(len(recorded) for _, recorded in bracket._rungs)
+        self.rebuilt = f"rungs rebuilt from {results} results of {trials} trials ({held} rung values)"
 
 
 def saved_searcher(experiment_path: str) -> PruneAwareOptunaSearch | None:

@@ -8,8 +8,9 @@ from typing import Any
 
 from ray import tune
 
+from ecgtune.backbone_search import BackboneSharingSearch
 from ecgtune.experiment import EPOCH, OBJECTIVE, REUSED_EPOCH, sweep_summary, trial_summary
-from ecgtune.searchers import BackboneSharingSearch, PruneAwareOptunaSearch
+from ecgtune.searchers import PruneAwareOptunaSearch
 from ecgtune.spec import Spec
 from ecgtune.targets import TARGETS, check_targets
 

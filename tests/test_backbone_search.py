@@ -7,7 +7,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from ecgtune.searchers import BackboneSharingSearch
+from ecgtune.backbone_search import BackboneSharingSearch
 from ecgtune.spec import BackboneSharingSpec
 
 PRETRAIN = 2  # pretraining epochs; fine-tuning epochs after them

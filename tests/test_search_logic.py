@@ -282,3 +282,77 @@ def test_sweep_gauges_count_each_status(monkeypatch):
         gauges.on_trial_start(0, [], t)
         end(0, [], t)
     assert gauges.counts == {"running": 0, "finished": 1, "stopped": 1, "diverged": 1, "error": 1}
+
+
+# ------------------------------------------------------------------------------- ASHA after a resume
+
+
+def _asha(experiment_path=None) -> DivergenceAwareASHA:
+    asha = DivergenceAwareASHA(
+        time_attr="finetune_epoch",
+        max_t=8,
+        grace_period=1,
+        reduction_factor=2,
+        experiment_path=experiment_path,
+    )
+    asha.set_search_properties("objective", "min")
+    return asha
+
+
+def _decide(asha, events, stopped: set[str], processed: list | None = None) -> list[str]:
+    """ASHA's decision on each event of the trials it has not stopped (a stopped trial reports no more)."""
+    out = []
+    for trial_id, result in events:
+        if trial_id in stopped:
+            continue
+        trial = SimpleNamespace(trial_id=trial_id)
+        if trial_id not in asha._trial_info:
+            asha.on_trial_add(None, trial)
+        decision = asha.on_trial_result(None, trial, result)
+        out.append(decision)
+        if processed is not None:
+            processed.append((trial_id, result))
+        if decision == TrialScheduler.STOP:
+            stopped.add(trial_id)
+    return out
+
+
+def test_a_resumed_asha_decides_as_the_uninterrupted_one_on_the_same_results(tmp_path):
+    """A sweep interrupted after its trials passed rungs: the resumed ASHA, rebuilt from the experiment's
+    result files, takes every later decision the uninterrupted ASHA took; one with empty rungs (Tune's
+    own restore) does not."""
+    import json
+
+    rng = np.random.default_rng(3)
+    level = {f"t{i}": float(rng.uniform(1, 2)) for i in range(12)}
+    events = []  # 12 trials, 8 fine-tuning epochs each, started two epochs apart, in report order
+    for step in range(40):
+        for i in range(12):
+            ft = step - 2 * i
+            if 1 <= ft <= 8:
+                objective = level[f"t{i}"] + 1.0 / ft + 0.05 * float(rng.standard_normal())
+                events.append((f"t{i}", {"trial_id": f"t{i}", "finetune_epoch": ft, "objective": objective}))
+    cut = len(events) // 2
+    uninterrupted = _asha()
+    stopped: set[str] = set()
+    before: list = []
+    _decide(uninterrupted, events[:cut], stopped, before)
+    stopped_at_cut = set(stopped)
+    later = _decide(uninterrupted, events[cut:], stopped)
+    assert TrialScheduler.STOP in later, "the test needs decisions after the interruption"
+
+    # The interrupted sweep's experiment directory: what every trial reported before the cut.
+    exp = tmp_path / "exp"
+    reported: dict[str, list[dict]] = {}
+    for trial_id, result in before:
+        reported.setdefault(trial_id, []).append(result)
+    for trial_id, results in reported.items():
+        d = exp / f"trial_{trial_id}"
+        d.mkdir(parents=True)
+        (d / "params.json").write_text("{}")
+        (d / "result.json").write_text("".join(json.dumps(r) + "\n" for r in results))
+    resumed = _asha(str(exp))
+    assert _decide(resumed, events[cut:], set(stopped_at_cut)) == later
+    assert resumed.rebuilt.startswith(f"rungs rebuilt from {len(before)} results")
+    # Tune's own restore: the same scheduler with empty rungs decides otherwise.
+    assert _decide(_asha(), events[cut:], set(stopped_at_cut)) != later

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -143,7 +144,9 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(store
             runs = list(storage.glob("sweeptest-*"))
             if runs:
                 experiment = runs[0]
-                done = [n for n in _trials_with_results(experiment).values() if n >= 1]
+                # Two trials past ASHA's first rung (1 pretraining + 1 fine-tuning epoch), so the
+                # interrupted sweep's rungs hold values the resumed one must not forget.
+                done = [n for n in _trials_with_results(experiment).values() if n >= 2]
                 if len(done) >= 2:
                     break
         else:
@@ -160,6 +163,13 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(store
 
     resumed = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # Tune restores the searcher, not the scheduler: ecgtune's ASHA rebuilt its rungs from every result
+    # reported before the kill (tests/test_search_logic.py checks it then decides as if uninterrupted).
+    rebuilt = re.search(r"ASHA, resumed: rungs rebuilt from (\d+) results of (\d+) trials", resumed.stdout)
+    assert rebuilt, resumed.stdout[-3000:]
+    # Every complete line of every trial's result.json (a line the kill cut short is skipped).
+    assert sum(before.values()) - len(before) <= int(rebuilt[1]) <= sum(before.values()), (rebuilt[0], before)
+    assert int(rebuilt[2]) == len(before), (rebuilt[0], before)
     after = _trials_with_results(experiment)
     summary = json.loads((experiment / "summary.json").read_text())
     ids = [t["trial_id"] for t in summary["trials"]]

@@ -1,0 +1,147 @@
+"""A searcher that makes trials share pretrained backbones: TPE at two levels.
+
+Sharing pays only when suggestions repeat backbones, and a continuous space never repeats one by chance.
+So, with a spec's `search.backbones` (`ecgtune.spec.BackboneSharingSpec`), each suggestion first decides
+between a new backbone and one already pretrained:
+- a new backbone: Optuna samples every key, as without sharing; the trial pretrains and writes the entry;
+- a pretrained backbone: its model.* and pretrain.* values are fixed (Optuna's `enqueue_trial` with those
+  parameters only), and the sampler draws the fine-tuning keys given them; the trial loads the entry and
+  starts at fine-tuning epoch 1 (`ecgtune.reuse`).
+
+A backbone is offered again only after a trial reported its last pretraining epoch (the entry is written
+before that report: `ecgtune.trial`), so the searcher holds back instead of making trials wait; and only
+while fewer than `trials_per_backbone` trials have used it. Which one: `pick` "oldest" fills every
+backbone in turn; "best" takes the backbone whose trials scored best at ASHA's first rung, if it ranks in
+the best `top_fraction` of backbones scored so far, and otherwise draws a new backbone.
+
+Everything else (what TPE and ASHA are told) is `PruneAwareOptunaSearch`'s.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ray.tune.search import Searcher
+
+from ecgtune.experiment import EPOCH, finite_objective, is_diverged
+from ecgtune.searchers import PruneAwareOptunaSearch
+from ecgtune.spec import BackboneSharingSpec
+
+BACKBONE_PREFIXES = ("model.", "pretrain.")
+
+
+def is_backbone_param(name: str) -> bool:
+    """A search-space key (or Optuna's name for it, `model.num_heads|model.embed_dim=128`) that the
+    backbone key covers."""
+    return name.startswith(BACKBONE_PREFIXES)
+
+
+class BackboneSharingSearch(PruneAwareOptunaSearch):
+    """`PruneAwareOptunaSearch` that reuses pretrained backbones (see the module docstring).
+
+    `pretrain_epochs`: epochs a trial pretrains (its backbone is stored after the last). `first_rung`:
+    the clock value at which trials are scored (ASHA's grace period). `groups` holds, per backbone (its
+    parameters as JSON), the trials that used it, whether it is pretrained, failed, and its score.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        sharing: BackboneSharingSpec | None = None,
+        pretrain_epochs: int = 0,
+        first_rung: int = 1,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self.sharing = sharing or BackboneSharingSpec()
+        self.pretrain_epochs = pretrain_epochs
+        self.first_rung = first_rung
+        self.groups: dict[str, dict[str, Any]] = {}
+        self.trial_group: dict[str, str] = {}
+        self.reuses = 0  # suggestions that reused a pretrained backbone
+
+    # ---------------------------------------------------------------------------------- suggesting
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        group = self._pick()
+        if group is not None and trial_id not in self._ot_trials:
+            self._ot_study.enqueue_trial(group["params"], skip_if_exists=False)
+        config = super().suggest(trial_id)
+        if config is None or config == Searcher.FINISHED or trial_id not in self._ot_trials:
+            return config
+        params = {k: v for k, v in self._ot_trials[trial_id].params.items() if is_backbone_param(k)}
+        gid = json.dumps(params, sort_keys=True, default=str)
+        entry = self.groups.setdefault(
+            gid,
+            {
+                "params": params,
+                "trials": [],
+                "ready": False,
+                "failed": False,
+                "score": None,
+                "order": len(self.groups),
+            },
+        )
+        if entry["trials"]:
+            self.reuses += 1
+        entry["trials"].append(trial_id)
+        self.trial_group[trial_id] = gid
+        return config
+
+    def _pick(self) -> dict[str, Any] | None:
+        """The pretrained backbone the next trial reuses, or None for a new one."""
+        share = self.sharing
+        open_groups = [
+            g
+            for g in self.groups.values()
+            if g["ready"] and not g["failed"] and len(g["trials"]) < share.trials_per_backbone
+        ]
+        if not open_groups:
+            return None
+        if share.pick == "oldest":
+            return min(open_groups, key=lambda g: g["order"])
+        scored = [g["score"] for g in self.groups.values() if g["score"] is not None and not g["failed"]]
+        candidates = [g for g in open_groups if g["score"] is not None]
+        if not candidates:
+            return None
+        best = min(candidates, key=lambda g: g["score"])
+        better = sum(s < best["score"] for s in scored)
+        return best if better < max(1.0, share.top_fraction * len(scored)) else None
+
+    # ------------------------------------------------------------------------------------ learning
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        self._learn(trial_id, result)
+        super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if result:
+            self._learn(trial_id, result)
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+    def _learn(self, trial_id: str, result: dict) -> None:
+        """A backbone is pretrained once a trial reported its last pretraining epoch (finite); failed if
+        its pretraining diverged; scored by its trials' best objective at the first rung."""
+        group = self.groups.get(self.trial_group.get(trial_id, ""))
+        if group is None:
+            return
+        epoch = result.get(EPOCH) or 0
+        if is_diverged(result):
+            if epoch <= self.pretrain_epochs:
+                group["failed"] = True
+            return
+        if epoch >= self.pretrain_epochs:
+            group["ready"] = True
+        value = finite_objective(result)
+        if result.get(self.clock) == self.first_rung and value is not None:
+            group["score"] = value if group["score"] is None else min(group["score"], value)
+
+    def sharing_summary(self) -> dict[str, Any]:
+        """For summary.json: backbones drawn, trials that reused one, trials per backbone."""
+        per = [len(g["trials"]) for g in self.groups.values()]
+        return {
+            "backbones": len(self.groups),
+            "reusing_trials": self.reuses,
+            "trials_per_backbone": {str(n): per.count(n) for n in sorted(set(per))},
+        }
