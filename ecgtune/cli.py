@@ -110,6 +110,7 @@ def _sweep(args: argparse.Namespace) -> None:
         resume=args.resume,
         storage_path=args.storage_path,
         address=args.address,
+        warm_start=args.warm_start,
     )
     print(format_summary(result.summary))
     print(f"results: {result.experiment_path}")
@@ -336,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="latest",
         help="continue an interrupted run (its path; default: the newest)",
+    )
+    s.add_argument(
+        "--warm-start",
+        nargs="+",
+        default=[],
+        metavar="RUN",
+        help="start the searcher from the finished and stopped trials of earlier, compatible sweeps "
+        "(their experiment directories)",
     )
     s.add_argument("--storage-path", help="override run.storage_path (local path or URI such as s3://...)")
     s.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")

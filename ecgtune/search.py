@@ -29,6 +29,7 @@ from ecgtune.data.locate import require_store
 from ecgtune.experiment import (
     MODE,
     OBJECTIVE,
+    read_spec,
     write_spec,
     write_summary,
 )
@@ -36,10 +37,11 @@ from ecgtune.sampler import make_sampler
 from ecgtune.searchers import DivergenceAwareASHA, PruneAwareOptunaSearch, asha_clock, saved_searcher
 from ecgtune.spec import SearcherSpec, Spec, StoreSpec, asha_max_t, load_spec
 from ecgtune.stages import require_finetune_labels
-from ecgtune.study import StudyLocation, study_location, write_study_pointer
+from ecgtune.study import StudyLocation, read_warm_start, study_location, write_study_pointer
 from ecgtune.sweep_callbacks import ProgressLines, SweepGauges
 from ecgtune.sweep_results import summarize
 from ecgtune.trial import run_trial
+from ecgtune.warm_start import WarmStart, warm_start
 
 
 @dataclass
@@ -238,10 +240,14 @@ def run_sweep(
     storage_path: str | None = None,
     address: str | None = None,
     overrides: Sequence[str] = (),
+    warm_start: Sequence[str] = (),
 ) -> SweepResult:
     """Run (or, with `resume` = an experiment path or "latest", continue) the sweep of a spec file,
     with `overrides` (`KEY=VALUE`, `ecgtune sweep --set`) applied to it; the experiment's spec.yaml is the
-    spec as run, overrides included."""
+    spec as run, overrides included. `warm_start`: earlier sweeps' experiment directories whose trials
+    the searcher starts from (`ecgtune.warm_start`)."""
+    if resume and warm_start:
+        raise ValueError("--warm-start starts a new sweep; a resumed one keeps the trials it started with")
     spec = load_spec(spec_path, overrides)
     storage = _storage_path(spec, storage_path)
     # Ray's newer console output ignores verbose=0 and prints each trial's whole config.
@@ -251,9 +257,10 @@ def run_sweep(
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     spec = resolve_data(spec)  # before Ray: a missing store fails in a second, not after Ray's start-up
     spec = resolve_backbones(spec, storage)
+    earlier = load_warm_start(spec, list(warm_start))  # before Ray: an incompatible run fails at once
     connected = _init_ray(address)
     try:
-        return _fit(spec, storage, resume)
+        return _fit(spec, storage, resume, earlier)
     finally:
         # Whoever starts Ray stops it: a local Ray left running after its sweep keeps its daemons and
         # idle workers on the cores that `ecgtune demo` then trains the final model on.
@@ -261,10 +268,12 @@ def run_sweep(
             ray.shutdown()
 
 
-def _fit(spec: Spec, storage: str, resume: str | None) -> SweepResult:
+def _fit(spec: Spec, storage: str, resume: str | None, earlier: list[WarmStart]) -> SweepResult:
     started = time.time()
     if resume:
         experiment_path = _latest_experiment(storage, spec.name) if resume == "latest" else resume
+        # The spec as the sweep ran it (overrides and resolved paths included), not the file as it is now.
+        spec = read_spec(experiment_path) or spec
         tuner = tune.Tuner.restore(
             experiment_path, trainable=_with_resources(run_trial, spec), resume_errored=True
         )
@@ -275,15 +284,27 @@ def _fit(spec: Spec, storage: str, resume: str | None) -> SweepResult:
         study = study_location(spec.run.optuna_storage, experiment_path, experiment_name)
         sweep = build_tuner(spec, storage, experiment_name, study=study)
         tuner, searcher = sweep.tuner, sweep.searcher
-        write_study_pointer(experiment_path, study)
-    # Before any trial: a report or export of a running or crashed sweep reads the spec from here.
-    write_spec(experiment_path, spec)
+        for w in earlier:  # before the first suggestion: TPE starts from them
+            searcher.add_earlier_trials(w.trials, w.run)
+        write_study_pointer(experiment_path, study, [w.record() for w in earlier])
+        # Before any trial: a report or export of a running or crashed sweep reads the spec from here.
+        write_spec(experiment_path, spec)
     results = tuner.fit()
     if searcher is None:  # resumed: Tune restored the searcher inside the Tuner; read what it saved
         searcher = saved_searcher(experiment_path)
     summary = summarize(results, spec, searcher, wall_seconds=time.time() - started)
+    summary["warm_start"] = read_warm_start(experiment_path)
     write_summary(experiment_path, summary)
     return SweepResult(experiment_path, summary)
+
+
+def load_warm_start(spec: Spec, runs: list[str]) -> list[WarmStart]:
+    """The earlier sweeps' trials a new sweep starts from; refused in one line when not compatible."""
+    if not runs:
+        return []
+    if spec.search is None or spec.variants:
+        raise ValueError(f"--warm-start: {spec.name} has no search space for a searcher to warm-start")
+    return warm_start(spec, runs)
 
 
 def _with_resources(trainable: Callable[[dict[str, Any]], None], spec: Spec) -> Any:

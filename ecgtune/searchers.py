@@ -103,6 +103,13 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
         self.told[status] += 1
 
+    def add_earlier_trials(self, trials: list, run: str) -> None:
+        """Trials of an earlier, compatible sweep (`ecgtune.warm_start`), as its TPE saw them: TPE learns
+        from them and counts them toward its start-up trials. Each records where it came from."""
+        for trial in trials:
+            trial.set_user_attr("warm_start_from", run)
+        self._ot_study.add_trials(trials)
+
     def study_states(self) -> dict[str, int]:
         return dict(Counter(t.state.name.lower() for t in self._ot_study.get_trials(deepcopy=False)))
 

@@ -57,11 +57,23 @@ def study_location(optuna_storage: str | None, experiment_path: str, experiment_
     return StudyLocation(str(Path(experiment_path) / STUDY_FILE), experiment_name)
 
 
-def write_study_pointer(experiment_path: str, location: StudyLocation) -> None:
-    """study.json: where the experiment's study is, for `ecgtune dashboard` and `--warm-start`."""
-    write_text(
-        experiment_path, STUDY_POINTER_FILE, json.dumps({"storage": location.storage, "study": location.name})
-    )
+def write_study_pointer(
+    experiment_path: str, location: StudyLocation, warm_start: list[dict] | None = None
+) -> None:
+    """study.json: where the experiment's study is, for `ecgtune dashboard` and `--warm-start`, and which
+    earlier sweeps' trials it started with (`ecgtune.warm_start`)."""
+    pointer = {"storage": location.storage, "study": location.name, "warm_start": warm_start or []}
+    write_text(experiment_path, STUDY_POINTER_FILE, json.dumps(pointer, indent=1))
+
+
+def read_warm_start(experiment_path: str | os.PathLike[str]) -> list[dict]:
+    """The warm start study.json records ([] for a sweep without one, or without study.json)."""
+    fs, root = filesystem(experiment_path)
+    try:
+        with fs.open_input_stream(f"{root}/{STUDY_POINTER_FILE}") as f:
+            return list(json.loads(f.read().decode()).get("warm_start", []))
+    except (FileNotFoundError, ValueError):
+        return []
 
 
 def read_study_pointer(experiment_path: str | os.PathLike[str]) -> StudyLocation:

@@ -83,6 +83,11 @@ def format_summary(summary: dict[str, Any], top: int = 5) -> str:
         lines.append("trials: " + ", ".join(f"{n} {s}" for s, n in summary["statuses"].items() if n))
     if summary.get("optuna_states"):
         lines.append(f"as told to TPE: {summary['optuna_states']}")
+    for w in summary.get("warm_start") or []:
+        lines.append(
+            f"warm start: {w['trials']} trials ({w['complete']} finished, {w['pruned']} stopped) "
+            f"of {w['run']}"
+        )
     if b := summary.get("backbones"):
         lines.append(
             f"backbones: {b['pretrained']} trials pretrained, {b['reused']} reused one from the store "

@@ -15,6 +15,7 @@ from ecgtune.experiment.files import (
     SUMMARY_FILE,
     ExperimentError,
     filesystem,
+    read_spec,
     write_spec,
     write_summary,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "finite_objective",
     "is_diverged",
     "read_experiment",
+    "read_spec",
     "sweep_failure",
     "sweep_summary",
     "trial_spec",

@@ -78,6 +78,16 @@ def write_text(experiment_path: str, name: str, text: str) -> None:
 # ======================================================================================== reading
 
 
+def read_spec(experiment_path: str | os.PathLike[str]) -> Spec | None:
+    """spec.yaml as the driver wrote it (the spec as run), checked by the schema; None without one."""
+    fs, root = filesystem(experiment_path)
+    try:
+        text = _read_text(fs, f"{root}/{SPEC_FILE}")
+    except FileNotFoundError:
+        return None
+    return Spec.model_validate(yaml.safe_load(text))
+
+
 @dataclass
 class TrialFiles:
     """One trial directory as read: its name, params.json, the lines of result.json and error.txt."""

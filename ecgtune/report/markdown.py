@@ -53,6 +53,11 @@ def markdown(
         + (_stage_split(exp.spec) if exp.spec is not None else ""),
         f"- models: {', '.join(f'{m} ({f})' for m, f in unique(zip(t['model'], t['family'], strict=True)))}",
     ]
+    for w in (exp.summary or {}).get("warm_start") or []:
+        md.append(
+            f"- warm start: {w['trials']} trials ({w['complete']} finished, {w['pruned']} stopped) "
+            f"of `{w['run']}`"
+        )
     devices = t["device"].dropna().value_counts() if "device" in t else pd.Series(dtype=int)
     if len(devices):  # a GPU sweep whose trials ran on the CPU shows here (resources.cpu_fallback)
         md.append("- trained on: " + ", ".join(f"{d} ({n} trials)" for d, n in devices.items()))
