@@ -3,8 +3,9 @@
     ecgtune dashboard runs/smoke-20261207-101500            # http://127.0.0.1:8080/dashboard/studies/0
 
 The study is found through the experiment's study.json (`ecgtune.study`); the journal file or RDB it
-names is read as the sweep's searcher writes it (a journal is re-read on every request, so trials appear
-as they start and end, also when `ecgtune sweep --resume` goes on writing it). No Ray here.
+names is read while the sweep's searcher writes it: optuna-dashboard rereads a study's trials at most
+every 2 s, and Optuna's journal reader skips a line still being appended, so trials appear as they start
+and end, also when `ecgtune sweep --resume` goes on writing the same journal. No Ray here.
 
 Two choices differ from `optuna-dashboard`'s own command:
 - Loopback only: the server binds 127.0.0.1, never another interface. From another machine, forward
