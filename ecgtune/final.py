@@ -11,6 +11,7 @@ forced, so the test fold stays a test fold.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -22,10 +23,12 @@ import torch
 from scipy import stats
 
 from ecgtune import __version__
+from ecgtune.backbones import BackboneStore
 from ecgtune.baselines import label_noise_floor, mean_predictor
 from ecgtune.data.locate import require_store
 from ecgtune.data.store import ECGStore, content_key
 from ecgtune.paths import MARKER_FILE, OutputPathError, check_apart_from_inputs, claim_output_dir
+from ecgtune.reuse import SharedPretraining
 from ecgtune.spec import Spec
 from ecgtune.stages import TwoStageRun
 from ecgtune.targets import MICROVOLTS_PER_MILLIVOLT, TARGETS
@@ -91,10 +94,34 @@ def train_final(
     store.signals("test")  # a missing or broken test fold fails now, not after hours of training
     claim_output_dir(out_dir, "final", inputs=[store.path])
     run = TwoStageRun(spec, device=device)
+    # A config exported from a sweep names the sweep's backbone store: the backbone its best trial
+    # pretrained is there, and final training fine-tunes it instead of pretraining it again.
+    backbones = spec.run.backbones if spec.run.reuse_backbones else None
+    store_of_backbones = BackboneStore(backbones) if backbones else None
+    provenance = {"trial": "final training", "sweep": str(out_dir)}
+    shared = SharedPretraining(run, store_of_backbones, holder=f"final-{os.getpid()}", provenance=provenance)
+    shared.prepare()
+    if run.reused_from is not None:
+        source = run.reused_from
+        print(
+            f"reused backbone {source['key']} from trial {source['trial']} (sweep {source['sweep']}): "
+            f"{run.pretrain_epochs} pretraining epochs ({source['seconds']:.0f} s) not trained again",
+            flush=True,
+        )
+    try:
+        return _train_and_test(run, shared, spec, store, out_dir, patience)
+    finally:
+        shared.close()
+
+
+def _train_and_test(
+    run: TwoStageRun, shared: SharedPretraining, spec: Spec, store: ECGStore, out_dir: Path, patience: int
+) -> FinalResult:
     history, best_objective, best_epoch, since_best = [], float("inf"), 0, 0
     best_dir = out_dir / "best"
     while not run.done:
-        metrics = run.step()
+        metrics = shared.tag(run.step())
+        shared.after_step()
         history.append(metrics)
         if run.diverged:
             (out_dir / "history.json").write_text(json.dumps(history, indent=2))
@@ -123,7 +150,7 @@ def train_final(
         save_model(run, best_dir)
         best_epoch = run.epochs_done
     (out_dir / "history.json").write_text(json.dumps(history, indent=2))
-    test = evaluate_on_test_fold(spec, best_dir, store, out_dir, device=device)
+    test = evaluate_on_test_fold(spec, best_dir, store, out_dir, device=str(run.device))
     for name in (MODEL_WEIGHTS, MODEL_META):
         shutil.copy(best_dir / name, out_dir / name)
     return FinalResult(out_dir, test, best_epoch)

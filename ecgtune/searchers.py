@@ -64,6 +64,12 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self.told: Counter[str] = Counter()
         self._last_step: dict[str, int] = {}  # per trial, the last step reported to Optuna
 
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # the Tune trial id on the Optuna trial: optuna-dashboard shows it
+            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials:
             super().on_trial_result(trial_id, result)  # warns and ignores it

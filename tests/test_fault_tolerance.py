@@ -55,8 +55,10 @@ def write_spec(
     pretrain_store: str = "deepfake",
     gpu: float = 0,
     reuse_actors: bool = False,
+    one_backbone: bool = False,
 ) -> Path:
-    """A fixed-length sweep (no ASHA: every trial is meant to run all its epochs)."""
+    """A fixed-length sweep (no ASHA: every trial is meant to run all its epochs). `one_backbone`:
+    num_blocks fixed, so every trial needs the same pretrained backbone."""
     spec = {
         "name": name,
         "model": {"name": "resnet_tiny", "params": {"stem_widths": [8, 8], "block_widths": [8, 8]}},
@@ -87,6 +89,8 @@ def write_spec(
             "reuse_actors": reuse_actors,
         },
     }
+    if one_backbone:
+        del spec["search"]["space"]["model.num_blocks"]
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -213,6 +217,33 @@ def test_trials_of_one_sweep_run_on_both_worker_nodes(two_node_sweep, cluster):
     # summary.json's node_id is the one every epoch of that trial reported.
     for t in trials:
         assert {r["node_id"] for r in rows[f"trial_{t['trial_id']}"]} == {t["node_id"]}
+
+
+def test_two_nodes_share_one_backbone_store(cluster, stores, tmp_path):
+    """Two trials needing one backbone start at once, one on each node: exactly one pretrains it, the
+    other waits for its claim and loads the entry it wrote, through the store both nodes see."""
+    from ecgtune.backbones import BackboneStore
+    from ecgtune.search import run_sweep
+
+    spec = write_spec(
+        tmp_path / "spec.yaml", stores, name="sharednodes", num_samples=2, concurrent=2, pretrain_epochs=3,
+        pretrain_store="deepfake_big", one_backbone=True,
+    )  # fmt: skip
+    with driver(cluster):
+        result = run_sweep(spec)
+    trials = result.summary["trials"]
+    assert all(t["status"] == "finished" for t in trials), trials
+    assert len({t["node_id"] for t in trials}) == 2, "the two trials ran on one node"
+    pretrainer = [t for t in trials if t["backbone"]["origin"] == "pretrained"]
+    reuser = [t for t in trials if t["backbone"]["origin"] == "reused"]
+    assert len(pretrainer) == len(reuser) == 1, [t["backbone"] for t in trials]
+    assert reuser[0]["backbone"]["from"].startswith(f"trial {pretrainer[0]['trial_id']} ")
+    assert reuser[0]["node_id"] != pretrainer[0]["node_id"]
+    (entry,) = BackboneStore(tmp_path / "runs" / "backbones").entries()
+    assert (
+        entry.key == pretrainer[0]["backbone"]["key"]
+        and entry.provenance["trial"] == pretrainer[0]["trial_id"]
+    )
 
 
 def test_each_trial_runs_in_a_fresh_worker_process(two_node_sweep):

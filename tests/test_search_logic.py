@@ -175,6 +175,7 @@ def test_no_trial_left_running_and_errors_fail():
     s.on_trial_complete("e")  # removed before it reported (sweep ended)
     states = [frozen(s, t).state for t in "abcde"]
     assert states == [State.COMPLETE, State.PRUNED, State.FAIL, State.FAIL, State.PRUNED]
+    assert [frozen(s, t).user_attrs["tune_trial_id"] for t in "abcde"] == list("abcde")  # for the dashboard
     assert s.told == {"finished": 1, "stopped": 2, "diverged": 1, "error": 1}
     assert s.study_states() == {"complete": 1, "pruned": 2, "fail": 2}
 

@@ -16,6 +16,7 @@ import yaml
 from sweep_checks import check_counts, check_optuna, reported
 from synthetic import write_synthetic_store, write_trial_stores
 
+from ecgtune.backbones import BackboneStore
 from ecgtune.spec import StoreSpec, load_spec
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
@@ -28,7 +29,15 @@ def stores(tmp_path_factory):
     return write_trial_stores(tmp_path_factory.mktemp("stores"))
 
 
-def write_spec(path: Path, stores: Path, storage: Path, num_samples: int = 8, concurrent: int = 1) -> Path:
+def write_spec(
+    path: Path,
+    stores: Path,
+    storage: Path,
+    num_samples: int = 8,
+    concurrent: int = 1,
+    one_backbone: bool = False,
+) -> Path:
+    """A tiny sweep spec; `one_backbone`: num_blocks fixed, so every trial needs the same backbone."""
     spec = {
         "name": "sweeptest",
         "model": {"name": "resnet_tiny", "params": {"stem_widths": [8, 8], "block_widths": [8, 8]}},
@@ -51,6 +60,8 @@ def write_spec(path: Path, stores: Path, storage: Path, num_samples: int = 8, co
         "resources": {"cpu": 1, "gpu": 0},
         "run": {"storage_path": str(storage), "max_failures": 0, "checkpoints_kept": 1},
     }
+    if one_backbone:
+        del spec["search"]["space"]["model.num_blocks"]
     path.write_text(yaml.safe_dump(spec))
     return path
 
@@ -130,7 +141,9 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(store
     from ecgtune.searchers import saved_searcher
 
     storage = tmp_path / "runs"
-    spec_file = write_spec(tmp_path / "spec.yaml", stores, storage, num_samples=5)
+    # One backbone for every trial: the trials that start after the resume must load the one pretrained
+    # before the kill, not pretrain it again.
+    spec_file = write_spec(tmp_path / "spec.yaml", stores, storage, num_samples=5, one_backbone=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "ecgtune", "sweep", str(spec_file)]
     driver = subprocess.Popen(
@@ -157,6 +170,7 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(store
         driver.wait()
     before = _trials_with_results(experiment)
     finished_before = {name for name, n in before.items() if n >= MAX_EPOCHS}
+    (entry,) = BackboneStore(storage / "backbones").entries()  # written before the kill
     # The killed sweep has no summary, but its spec.yaml (written at the start) for a report to read.
     assert not (experiment / "summary.json").exists()
     assert load_spec(experiment / "spec.yaml").name == "sweeptest"
@@ -177,6 +191,12 @@ def test_driver_killed_mid_sweep_resumes_without_rerunning_finished_trials(store
     # A trial that had finished before the kill did not run again.
     for name in finished_before:
         assert after[name] == before[name]
+    # Every trial that started after the resume reused the backbone stored before the kill.
+    started_after = [t for t in summary["trials"] if Path(t["path"]).name not in before]
+    assert started_after, "no trial started after the resume"
+    for t in started_after:
+        assert t["backbone"]["origin"] == "reused" and t["backbone"]["key"] == entry.key, t["backbone"]
+    assert [e.key for e in BackboneStore(storage / "backbones").entries()] == [entry.key]
     assert all(n <= MAX_EPOCHS for n in after.values())
     # The searcher Tune restored and saved at the end still holds, on ASHA's clock, what every trial
     # reported (the value a stopped trial was stopped on included), and no Optuna trial is left running.
