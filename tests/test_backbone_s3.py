@@ -3,13 +3,11 @@ sweep's backbones end to end: trials on Ray workers claim, write and load entrie
 
 from __future__ import annotations
 
-import os
-import shutil
+import importlib.util
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from synthetic import write_trial_stores
@@ -33,14 +31,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def s3_server():
+def s3_server(tmp_path):
     """moto's S3 server on 127.0.0.1, for this test only."""
-    moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    if not os.path.exists(moto):
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+    # This Python's moto (pip install 'moto[server]'), not whatever `moto_server` is first on PATH.
+    if importlib.util.find_spec("moto") is None:
+        pytest.skip("moto is not installed (pip install 'moto[server]')")
     port = _free_port()
-    proc = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)  # fmt: skip
+    log = open(tmp_path / "moto.log", "w")
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -53,6 +52,7 @@ def s3_server():
     finally:
         proc.terminate()
         proc.wait(10)
+        log.close()
 
 
 def test_a_store_on_s3_holds_the_backbones_end_to_end(stores, tmp_path, s3_server, monkeypatch):
@@ -64,8 +64,9 @@ def test_a_store_on_s3_holds_the_backbones_end_to_end(stores, tmp_path, s3_serve
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "test")
     uri = f"s3://ecgtune-test/backbones?endpoint_override={s3_server}&scheme=http&region=us-east-1"
-    fs, _ = pafs.FileSystem.from_uri(uri)
-    fs.create_dir("ecgtune-test")
+    pafs.S3FileSystem(endpoint_override=s3_server, scheme="http", allow_bucket_creation=True).create_dir(
+        "ecgtune-test"
+    )
     storage = tmp_path / "runs"
     spec = write_spec(tmp_path / "s3.yaml", stores, storage, name="s3", backbones=uri)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
