@@ -25,6 +25,7 @@ from ray._private import ray_constants, services
 from ray.tune.schedulers import TrialScheduler
 
 from ecgtune.backbone_search import BackboneSharingSearch
+from ecgtune.bounded_tpe import BoundedTPESampler
 from ecgtune.data.locate import require_store
 from ecgtune.experiment import (
     MODE,
@@ -149,8 +150,11 @@ def make_sampler_of(searcher: SearcherSpec) -> optuna.samplers.BaseSampler:
         return optuna.samplers.RandomSampler(seed=searcher.seed)
     if searcher.algorithm == "gp":
         return optuna.samplers.GPSampler(seed=searcher.seed, n_startup_trials=searcher.n_startup_trials)
-    return optuna.samplers.TPESampler(
-        seed=searcher.seed, n_startup_trials=searcher.n_startup_trials, multivariate=searcher.multivariate
+    return BoundedTPESampler(
+        seed=searcher.seed,
+        n_startup_trials=searcher.n_startup_trials,
+        multivariate=searcher.multivariate,
+        history=searcher.tpe_history,
     )
 
 
@@ -216,6 +220,7 @@ def build_tuner(
             scheduler=scheduler,
             num_samples=num_samples,
             max_concurrent_trials=search.max_concurrent_trials if search else 1,
+            time_budget_s=search.time_budget_s if search else None,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
             reuse_actors=spec.run.reuse_actors,

@@ -190,6 +190,9 @@ class SearcherSpec(Strict):
     seed: int = 0
     n_startup_trials: int = Field(4, ge=0)
     multivariate: bool = False  # tpe only: model the keys jointly (Optuna's multivariate TPE)
+    # tpe only: the most trials TPE reads per suggestion (the best half and the newest half beyond it),
+    # so a sweep of thousands of trials suggests as fast as one of hundreds (ecgtune.bounded_tpe).
+    tpe_history: int = Field(1000, ge=50)
 
 
 class BackboneSharingSpec(Strict):
@@ -218,6 +221,10 @@ class SearchSpec(Strict):
     searcher: SearcherSpec = SearcherSpec()
     asha: ASHASpec | None = ASHASpec()  # None: no early stopping
     backbones: BackboneSharingSpec | None = None  # None: every trial draws its own backbone
+    # Wall-clock seconds after which the sweep stops (Tune's time_budget_s): trials still running then
+    # are stopped, and the summary ranks what finished. Bounds a sweep's time whatever the searcher
+    # samples and however fast the machine is; None: until num_samples trials have ended.
+    time_budget_s: float | None = Field(None, gt=0)
 
 
 class ResourcesSpec(Strict):
