@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gzip
 import json
 import math
@@ -67,7 +68,9 @@ EPOCH_KEYS = (
 )
 
 
+@functools.cache
 def load_space_spec(path: Path = SPACE_SPEC):
+    """The table's space spec, read once per process (checking a spec builds its models: ~1 s)."""
     from ecgtune.spec import load_spec
 
     return load_spec(path)

@@ -1,30 +1,23 @@
-"""Search efficiency on the learning-curve table (docs/benchmarks.md part 4), through ecgtune's real driver.
+"""Search strategies replayed on the curve-table surrogate through ecgtune's real driver (docs/benchmarks.md
+part 4): `ecgtune.search.build_tuner`, real Tune, ecgtune's searchers (`PruneAwareOptunaSearch`,
+`BackboneSharingSearch`) and ASHA, with a **replay trainable** in place of training. It reports the
+epochs the blackbox (bench/blackbox.py) predicts for the suggested configuration, each with what it costs
+in compute seconds at the shipped sweep's proportions (bench/cost_model.py), and sleeps that cost times
+`--time-scale`, so that trials interleave on ASHA's asynchronous rungs as on a cluster.
 
-A **replay trainable** stands in for training: it looks up the suggested configuration in the table
-(`bench.curve_table`) and reports that configuration's recorded epochs one by one, with the keys a
-real trial reports (`objective`, `epoch`, `finetune_epoch`, `diverged`, the MAEs, ...). Everything
-else is the code users run: `ecgtune.search.build_tuner` makes the Tuner with ecgtune's searcher
-(`PruneAwareOptunaSearch`), ASHA (`DivergenceAwareASHA`), the spec's clock and concurrency. Each
-replayed epoch sleeps its recorded wall time times `--time-scale`, so trials of slow and fast
-configurations interleave on ASHA's asynchronous rungs as they would on a cluster.
+With backbone sharing, the replay trainable goes through a real backbone store (`ecgtune.backbones`, in a
+temporary folder): a trial whose backbone is stored reports its pretraining epochs as reused at no cost and
+pays the entry's load instead; one that waited for another trial's pretraining pays the wait.
 
-Strategies, each for several seeds at an equal budget of trial-epochs (every epoch any trial trains):
-  tpe_asha       TPE + ASHA as ecgtune ships it (stopped trials told PRUNED at ASHA's clock; the smoke
-                 sweep's ASHA: rungs at fine-tuning epochs 3 and 6)
-  stock_optuna   the same with Ray's stock OptunaSearch (stopped trials told COMPLETE)
-  random_asha    random search + ASHA
-  random_no_es   random search, every trial to the end
-  tpe_asha_all   TPE + ASHA counting all epochs (pretraining's zero-shot read-outs too) on ASHA's clock
-  tpe_asha_grace1  TPE + ASHA with rungs at fine-tuning epochs 1, 3, 9 (grace 1, reduction factor 3)
-  tpe_asha_grace5  TPE + ASHA whose only rung is fine-tuning epoch 5
-  fixed          the spec's base configuration (one trial)
-"Best so far" counts only trials that trained every epoch: a stopped trial's low-fidelity value is not
-a model anyone would deploy.
+A run stops when its budget of compute seconds is spent. Budgets are given in full-trial equivalents
+(FTE): the mean cost of one trial trained through every epoch of both stages, over the space.
 
-    python -m bench.replay run --seeds 10              # ~30 min on 2 cores -> bench/results/replay.json
-    python -m bench.replay driver-cost --trials 1000   # what the driver costs per trial as trials grow
-    python -m bench.replay report                      # tables + docs/search_efficiency.png
-    python -m bench.replay run --quick                 # seconds: shows it works, measures nothing
+    python -m bench.replay run --seeds 30 --budget-fte 96        # resumable; appends to bench/results/replay/
+    python -m bench.replay run --strategies tpe_asha tpe_asha+share --seeds 30
+    python -m bench.replay report                                # tables and plot (bench/replay_analysis.py)
+    python -m bench.replay driver-cost --trials 5000             # driver time per trial as trials grow
+
+Each strategy draws its own random streams: seed i of strategy s is a hash of (s, i), never shared.
 """
 
 from __future__ import annotations
@@ -32,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import importlib
 import io
 import json
@@ -39,93 +33,154 @@ import math
 import os
 import tempfile
 import time
-import warnings
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ray import tune
-from ray.tune.search.optuna import OptunaSearch
 
-from bench.curve_table import SPACE_SPEC, TABLE_FILE, CurveTable, final_objective, grid_keys
-from ecgtune.searchers import PruneAwareOptunaSearch
+from bench.curve_table import SPACE_SPEC, TABLE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results" / "replay.json"
-DRIVER_COST = REPO / "bench" / "results" / "replay_driver_cost.json"
-PLOT = REPO / "docs" / "search_efficiency_replay.png"
-STRATEGIES = (
-    "tpe_asha",
-    "stock_optuna",
-    "random_asha",
-    "random_no_es",
-    "tpe_asha_all",
-    "tpe_asha_grace1",
-    "tpe_asha_grace5",
-    "fixed",
-)
-REPLAY_KEY = "replay"  # the config entry that tells the replay trainable where the table is
+RESULTS_DIR = REPO / "bench" / "data" / "replay"  # committed: one compact line per run
+REPLAY_KEY = "replay"  # the spec's `origin` entry that tells the replay trainable what to replay
+SHARE = {"trials_per_backbone": 4, "pick": "best", "top_fraction": 0.5}  # the shipped design
+# name -> how it differs from the table's spec (bench/curve_table.yaml: TPE, 8 start-up trials, ASHA on
+# fine-tuning epochs with rungs 1, 3, 9, 4 trials at a time). "+share" in a name adds backbone sharing.
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "random": {"algorithm": "random", "asha": None},
+    "random_asha": {"algorithm": "random"},
+    "tpe_asha": {},
+    "tpe_asha_scaled": {"startup": "scaled"},
+    "tpe_mv_asha": {"multivariate": True},
+    "gp_asha": {"algorithm": "gp"},
+    "random_hyperband": {"algorithm": "random", "scheduler": "hyperband"},
+}
+
+
+def parse_strategy(name: str) -> tuple[str, dict[str, Any] | None]:
+    """`tpe_asha+share` -> ("tpe_asha", SHARE); `tpe_asha+share(k=2,oldest)` -> a sharing variant."""
+    base, _, share = name.partition("+")
+    if base not in STRATEGIES:
+        raise ValueError(f"unknown strategy {base!r}; known: {', '.join(STRATEGIES)}")
+    if not share:
+        return base, None
+    sharing = dict(SHARE)
+    if share.startswith("share(") and share.endswith(")"):
+        for part in share[6:-1].split(","):
+            if part.startswith("k="):
+                sharing["trials_per_backbone"] = int(part[2:])
+            elif part in ("best", "oldest"):
+                sharing["pick"] = part
+            elif part.startswith("top="):
+                sharing["top_fraction"] = float(part[4:])
+    elif share != "share":
+        raise ValueError(f"{name}: expected +share or +share(k=N,best|oldest,top=F)")
+    return base, sharing
+
+
+def strategy_seed(name: str, index: int) -> int:
+    """Seed `index` of strategy `name`: independent of every other strategy's streams."""
+    return int(hashlib.sha256(f"{name}/{index}".encode()).hexdigest()[:8], 16) % 2**31
+
 
 # ----------------------------------------------------------------------------------- the trainable
 
-_TABLES: dict[str, CurveTable] = {}  # per worker process: the table, read once
-
-
-def searched_values(spec: Any) -> dict[str, Any]:
-    """The table's key of a trial's resolved spec: its value at every key of the table's space
-    (`model.<knob>[.<index>]` or `<stage>.<setting>`), whether a searcher or a variant chose it."""
-    values = {}
-    for key in grid_keys(_table_space()):
-        head, _, rest = key.partition(".")
-        if head == "model":
-            knob, _, index = rest.partition(".")
-            value = spec.model.params[knob]
-            values[key] = value[int(index)] if index else value
-        else:
-            values[key] = getattr(getattr(spec.stages, head), rest)
-    return values
-
 
 @functools.cache
-def _table_space() -> dict[str, Any]:
-    from ecgtune.spec import load_spec
+def _cube_keys() -> tuple[str, ...]:
+    from bench.curve_table import load_space_spec
+    from bench.unit_cube import cube_keys
 
-    return dict(load_spec(SPACE_SPEC).search.space)
+    return tuple(cube_keys(load_space_spec().search.space))
+
+
+def searched_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The table-space values the searcher gave a trial (its config holds every searched key)."""
+    from ecgtune.sampler import trial_params
+    from ecgtune.spec import Spec
+
+    space = Spec.model_validate(config["spec"]).search.space
+    values = trial_params(space, config)
+    return {k: values[k] for k in _cube_keys()}
 
 
 def replay_trial(config: dict[str, Any]) -> None:
-    """A Tune function trainable that reports a configuration's recorded epochs instead of training."""
-    from ecgtune.experiment import trial_spec
-    from ecgtune.spec import Spec
+    """A Tune function trainable that reports the blackbox's epochs for its configuration."""
+    import torch
+
+    from bench.blackbox import load_blackbox
+    from ecgtune.backbones import Backbone, BackboneStore, ClaimTiming, acquire, backbone_key
 
     setting = config["spec"]["origin"][REPLAY_KEY]
-    table = _TABLES.get(setting["table"])
-    if table is None:
-        table = _TABLES[setting["table"]] = CurveTable(Path(setting["table"]))
-    epochs = table.epochs(searched_values(trial_spec(Spec.model_validate(config["spec"]), config)))
-    for e in epochs:
-        time.sleep((e["epoch_seconds"] or 0.0) * setting["time_scale"])
-        metrics = {**e, "objective": math.nan if e["objective"] is None else e["objective"]}
-        metrics["total_epochs"] = len(epochs)
-        tune.report(metrics)
-        if e["diverged"]:
-            return
+    seed = config["spec"]["seed"]
+    values = searched_values(config)
+    bb = load_blackbox(setting["blackbox"], setting.get("table"))
+    epochs, costs = bb.curve(values), bb.costs(values)
+    scale, n_pre = setting["time_scale"], bb.pretrain_epochs
+    start = 0
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:  # a trial HyperBand paused
+        with checkpoint.as_directory() as d:
+            start = json.loads((Path(d) / "next.json").read_text())["next"]
+    reused, extra, claim, store = False, 0.0, None, None
+    if setting.get("store") and start < n_pre:
+        store = BackboneStore(setting["store"])
+        material = {"replay": {k: v for k, v in values.items() if k.startswith(("model.", "pretrain."))}}
+        material["seed"] = seed
+        key = backbone_key(material)
+        waited = time.monotonic()
+        got = acquire(store, key, material, tune.get_context().get_trial_id(),
+                      ClaimTiming(lease_s=60, poll_s=0.01, settle_s=0.002))  # fmt: skip
+        waited = time.monotonic() - waited
+        if isinstance(got, Backbone):
+            # Loading the entry, and the slot held while waiting for its pretrainer, are compute spent.
+            reused, extra = True, costs.load + (waited / scale if scale else 0.0)
+        else:
+            claim = got
+    try:
+        for i in range(start, len(epochs)):
+            e = epochs[i]
+            pretraining = e["stage"] == "pretrain"
+            cost = (
+                0.0
+                if reused and pretraining
+                else costs.pretrain_epoch
+                if pretraining
+                else costs.finetune_epoch
+            )
+            if reused and i == n_pre:
+                cost += extra
+            time.sleep(cost * scale)
+            metrics = {**e, "compute_seconds": cost, "reused_epoch": reused and pretraining}
+            if claim is not None and i == n_pre - 1:
+                store.put(Backbone(claim.key, material, {"w": torch.zeros(1)}, epochs[:n_pre], None))
+                claim.release()
+                claim = None
+            if setting.get("checkpoints"):
+                with tempfile.TemporaryDirectory() as d:
+                    (Path(d) / "next.json").write_text(json.dumps({"next": i + 1}))
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            else:
+                tune.report(metrics)
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 # ------------------------------------------------------------------------------------- the runs
 
 
 class Budget(tune.Stopper):
-    """A Tune stopper that records every result in the order the driver saw it and ends the
-    experiment once `limit` trial-epochs were spent (Tune calls a stopper on every result, before the
-    scheduler decides; and once more with a trial's last result when its function returns, which is
-    not another epoch)."""
+    """Records every result in the order the driver saw it and ends the experiment once `limit`
+    compute seconds were spent (Tune calls a stopper on every result, before the scheduler decides;
+    and once more with a trial's last result when its function returns, which is not another epoch)."""
 
-    def __init__(self, limit: int | None):
+    def __init__(self, limit: float | None):
         self.limit = limit
-        self.events: list[tuple] = []  # trial, epoch, objective, total epochs, driver clock
+        self.spent = 0.0
+        # trial, epoch, objective, total epochs, compute s, reused, pretraining, clock
+        self.events: list[tuple] = []
         self._seen: set[tuple[str, int]] = set()
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
@@ -134,117 +189,135 @@ class Budget(tune.Stopper):
         self._seen.add((trial_id, int(result["epoch"])))
         value = result.get("objective")
         finite = value is not None and math.isfinite(value)
+        cost = float(result.get("compute_seconds", 0.0))
+        self.spent += cost
         self.events.append(
-            (
-                trial_id,
-                int(result["epoch"]),
-                value if finite else None,
-                int(result["total_epochs"]),
-                time.perf_counter(),
-            )
-        )
+            (trial_id, int(result["epoch"]), value if finite else None, int(result["total_epochs"]), cost,
+             bool(result.get("reused_epoch")), result.get("stage") == "pretrain", time.perf_counter())
+        )  # fmt: skip
         return False
 
     def stop_all(self) -> bool:
-        return self.limit is not None and len(self.events) >= self.limit
+        return self.limit is not None and self.spent >= self.limit
 
 
-def strategy_spec(name: str, seed: int, table: Path, time_scale: float, concurrency: int):
-    """The table's spec, set up as one strategy: its searcher, scheduler and clock."""
-    from ecgtune.spec import load_spec
+def strategy_spec(
+    name: str, seed: int, setting: Mapping[str, Any], concurrency: int, startup: int | None = None
+):
+    """The table's spec, set up as one strategy: its searcher, scheduler, sharing and replay setting."""
+    from ecgtune.spec import BackboneSharingSpec, load_spec
 
+    base, sharing = parse_strategy(name)
+    how = STRATEGIES[base]
     spec = load_spec(SPACE_SPEC)
     search = spec.search
-    searcher = search.searcher.model_copy(update={"seed": seed})
-    asha = search.asha
-    if name in ("random_asha", "random_no_es"):
-        searcher = searcher.model_copy(update={"algorithm": "random"})
-    if name == "random_no_es":
-        asha = None
-    if name == "tpe_asha_all":
-        asha = asha.model_copy(update={"clock": "all"})
-    if name == "tpe_asha_grace1":
-        asha = asha.model_copy(update={"grace_period": 1, "reduction_factor": 3})
-    if name == "tpe_asha_grace5":
-        asha = asha.model_copy(update={"grace_period": 5})
-    search = search.model_copy(
+    searcher = search.searcher.model_copy(
         update={
-            "searcher": searcher,
-            "asha": asha,
-            "num_samples": 10_000,
-            "max_concurrent_trials": concurrency,
+            "seed": seed,
+            "algorithm": how.get("algorithm", "tpe"),
+            "multivariate": how.get("multivariate", False),
+            "n_startup_trials": startup if startup is not None else search.searcher.n_startup_trials,
         }
     )
-    origin = {REPLAY_KEY: {"table": str(table), "time_scale": time_scale}}
-    update: dict[str, Any] = {
-        "search": search,
-        "origin": origin,
-        "resources": spec.resources.model_copy(update={"cpu": 0.25}),
+    update = {
+        "searcher": searcher,
+        "asha": None if "asha" in how or how.get("scheduler") else search.asha,
+        "num_samples": 100_000,
+        "max_concurrent_trials": concurrency,
+        "backbones": BackboneSharingSpec(**sharing) if sharing else None,
     }
-    if name == "fixed":
-        update.update(search=None, variants={"fixed": {}})
-    return spec.model_copy(update=update)
+    run = spec.run.model_copy(update={"reuse_backbones": sharing is not None})
+    origin = {REPLAY_KEY: {**setting, "store": setting.get("store") if sharing else None}}
+    return spec.model_copy(
+        update={
+            "search": search.model_copy(update=update),
+            "origin": origin,
+            "run": run,
+            "resources": spec.resources.model_copy(update={"cpu": 0.25}),
+        }
+    )
 
 
-class StockOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch as it ships, behind the constructor ecgtune's driver calls: steps on Tune's
-    `training_iteration`, and a trial ASHA stopped told COMPLETE with the value it was stopped on."""
+def hyperband(spec):
+    """Tune's synchronous HyperBand on the fine-tuning clock: it pauses trials between rungs."""
+    from ray.tune.schedulers import HyperBandScheduler
 
-    def __init__(self, *args: Any, clock: str | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-
-    def study_states(self) -> dict[str, int]:
-        return dict(Counter(t.state.name.lower() for t in self._ot_study.get_trials(deepcopy=False)))
+    return HyperBandScheduler(
+        time_attr="finetune_epoch", max_t=spec.stages.finetune.epochs, reduction_factor=3
+    )
 
 
-SUGGEST_SECONDS: list[float] = []  # TimedSearch's suggestion times, in the driver process
-
-
-class TimedSearch(PruneAwareOptunaSearch):
-    """ecgtune's searcher, timing each suggestion (TPE's cost grows with the trials it has seen)."""
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
-        started = time.perf_counter()
-        try:
-            return super().suggest(trial_id)
-        finally:
-            SUGGEST_SECONDS.append(time.perf_counter() - started)
-
-
-def run_strategy(
-    name: str,
-    seed: int,
-    budget: int | None,
-    table: Path,
-    time_scale: float,
-    concurrency: int,
-    num_samples: int | None = None,
-    searcher: type | None = None,
-) -> dict[str, Any]:
-    """One seed of one strategy through ecgtune's driver; the events in the order the driver saw them.
-    `searcher`: a class the driver builds in place of ecgtune's searcher (same constructor)."""
+def run_strategy(name: str, index: int, budget_s: float | None, setting: dict[str, Any], concurrency: int,
+                 startup: int | None = None, num_samples: int | None = None,
+                 searcher_class: type | None = None, quiet: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Seed `index` of one strategy through ecgtune's driver; the events in the order the driver saw them."""
     import ecgtune.search as driver
 
-    spec = strategy_spec(name, seed, table, time_scale, concurrency)
-    if num_samples is not None and spec.search is not None:
-        spec = spec.model_copy(update={"search": spec.search.model_copy(update={"num_samples": num_samples})})
-    stop = Budget(budget)
-    searcher = StockOptunaSearch if name == "stock_optuna" else searcher
-    started = time.perf_counter()
+    seed = strategy_seed(name, index)
+    base, sharing = parse_strategy(name)
     with tempfile.TemporaryDirectory() as storage, contextlib.redirect_stdout(io.StringIO()):
+        setting = {
+            **setting,
+            "store": f"{storage}/backbones",
+            "checkpoints": STRATEGIES[base].get("scheduler") == "hyperband",
+        }
+        spec = strategy_spec(name, seed, setting, concurrency, startup)
+        if num_samples is not None:
+            spec = spec.model_copy(
+                update={"search": spec.search.model_copy(update={"num_samples": num_samples})}
+            )
+        stop = Budget(budget_s)
+        started = time.perf_counter()
         sweep = driver.build_tuner(
-            spec, storage, f"replay-{name}-{seed}", trainable=replay_trial, stop=stop, searcher_class=searcher
+            spec,
+            storage,
+            f"replay-{index}",
+            trainable=replay_trial,
+            stop=stop,
+            searcher_class=searcher_class,
+            scheduler=hyperband(spec) if STRATEGIES[base].get("scheduler") == "hyperband" else None,
+            quiet=quiet,
         )
         sweep.tuner.fit()
-    wall = time.perf_counter() - started
-    states = sweep.searcher.study_states() if sweep.searcher is not None else None
+        wall = time.perf_counter() - started
+    searcher = sweep.searcher
     return {
         "strategy": name,
+        "index": index,
         "seed": seed,
-        "budget": budget,
+        "startup": spec.search.searcher.n_startup_trials,
+        "budget_s": budget_s,
         "wall_s": wall,
-        "events": stop.events,
-        "optuna_states": states,
+        **trace(stop.events),
+        "optuna_states": searcher.study_states() if searcher is not None else None,
+        "sharing": searcher.sharing_summary() if hasattr(searcher, "sharing_summary") else None,
+    }
+
+
+def trace(events: list[tuple]) -> dict[str, Any]:
+    """A run, compactly: the compute spent when the best full-fidelity objective so far improved, and
+    where the compute went. Only trials that trained every epoch count: a stopped trial's low-fidelity
+    value is not a model anyone would deploy."""
+    spent, best, steps = 0.0, math.inf, []
+    pretrain_s, trials, full, reused = 0.0, set(), 0, set()
+    for trial, epoch, value, total, cost, was_reused, pretraining, _ in events:
+        spent += cost
+        pretrain_s += cost if pretraining else 0.0
+        trials.add(trial)
+        if was_reused:
+            reused.add(trial)
+        if epoch == total and value is not None:
+            full += 1
+            if value < best:
+                best = value
+                steps.append((spent, value))
+    return {
+        "best_steps": steps,
+        "spent_s": spent,
+        "pretrain_s": pretrain_s,
+        "trials": len(trials),
+        "full_trials": full,
+        "reusing_trials": len(reused),
     }
 
 
@@ -255,299 +328,135 @@ def init_ray() -> None:
     _init_ray(None)
 
 
-# ----------------------------------------------------------------------------------- the analysis
+def full_trial_seconds(kind: str = "surrogate", table: str | None = None, samples: int = 20_000) -> float:
+    """One FTE: the mean compute of a trial trained through every epoch, over uniform draws of the space."""
+    from scipy.stats import qmc
 
+    from bench.blackbox import load_blackbox
+    from bench.curve_table import load_space_spec
+    from bench.unit_cube import cube_keys, decode
 
-def best_curve(events: list[tuple], budget: int) -> np.ndarray:
-    """best_so_far[b-1] = the best objective of a trial that trained every epoch, after b trial-epochs."""
-    out = np.full(budget, np.inf)
-    best = np.inf
-    for i, (_, epoch, value, total, _) in enumerate(events[:budget]):
-        if epoch >= total and value is not None:
-            best = min(best, value)
-        out[i] = best
-    out[len(events[:budget]) :] = best
-    return out
-
-
-def budget_to_reach(curve: np.ndarray, target: float) -> float:
-    """The fraction of the budget after which a curve is at or below `target` (inf: never)."""
-    hit = np.flatnonzero(curve <= target + 1e-12)
-    return float((hit[0] + 1) / len(curve)) if len(hit) else math.inf
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    from scipy.stats import spearmanr
-
-    return float(spearmanr(a, b).statistic)
-
-
-def rank_agreement(table: CurveTable) -> list[dict[str, Any]]:
-    """Spearman correlation of each epoch's objective with the final one, over configurations that
-    did not diverge: how much an early rung tells about the end."""
-    rows = [r for r in table if math.isfinite(final_objective(r))]
-    final = np.array([final_objective(r) for r in rows])
-    out = []
-    for k, e in enumerate(rows[0]["epochs"]):
-        values = np.array([r["epochs"][k]["objective"] for r in rows], dtype=float)
-        ok = np.isfinite(values)
-        out.append(
-            {
-                "epoch": k + 1,
-                "stage": e["stage"],
-                "finetune_epoch": e["finetune_epoch"],
-                "spearman": spearman(values[ok], final[ok]),
-                "n": int(ok.sum()),
-            }
-        )
-    return out
-
-
-def quantiles(values: list[float]) -> dict[str, float]:
-    """Median and quartiles; `inf` (a seed that never reached a target) sorts last, so a quantile that
-    falls on such a seed is inf ("not reached"), never NaN."""
-    a = np.sort(np.array(values, dtype=float))
-    pick = {"median": 0.5, "q25": 0.25, "q75": 0.75}
-    return {k: float(a[int(round(q * (len(a) - 1)))]) for k, q in pick.items()}
-
-
-def analyse(runs: list[dict[str, Any]], budget: int, table: CurveTable) -> dict[str, Any]:
-    curves: dict[str, list[np.ndarray]] = {}
-    for r in runs:
-        curves.setdefault(r["strategy"], []).append(best_curve(r["events"], budget))
-    by_seed = {(r["strategy"], r["seed"]): best_curve(r["events"], budget) for r in runs}
-    finals = {s: [float(c[-1]) for c in cs] for s, cs in curves.items()}
-    fractions = {}
-    if "random_no_es" in curves:
-        for s in curves:
-            if s in ("random_no_es", "fixed"):
-                continue
-            per_seed = [
-                budget_to_reach(by_seed[(s, seed)], float(by_seed[("random_no_es", seed)][-1]))
-                for (st, seed) in by_seed
-                if st == s and ("random_no_es", seed) in by_seed
-            ]
-            fractions[s] = {
-                "per_seed": per_seed,
-                **quantiles(per_seed),
-                "reached": sum(math.isfinite(f) for f in per_seed),
-            }
-    all_finals = sorted(final_objective(r) for r in table)
-    return {
-        "budget": budget,
-        "final_best": {s: {**quantiles(v), "per_seed": v} for s, v in finals.items()},
-        "budget_fraction_to_reach_random_no_es": fractions,
-        "table_best": all_finals[0],
-        "table_median": float(np.median([f for f in all_finals if math.isfinite(f)])),
-        "rank_agreement": rank_agreement(table),
-    }
+    space = load_space_spec().search.space
+    keys = cube_keys(space)
+    bb = load_blackbox(kind, table)
+    points = qmc.Sobol(len(keys), scramble=True, seed=123).random(samples)
+    total = 0.0
+    for u in points:
+        c = bb.costs(decode(space, keys, u))
+        total += c.full_trial(bb.pretrain_epochs, bb.finetune_epochs)
+    return total / samples
 
 
 # --------------------------------------------------------------------------------------- commands
 
 
+def results_file(name: str, budget_fte: float, startup: str) -> Path:
+    return RESULTS_DIR / f"{name}@{budget_fte:g}fte{'-startup-' + startup if startup != 'spec' else ''}.jsonl"
+
+
 def cmd_run(args: argparse.Namespace) -> None:
-    table = CurveTable(args.table)
-    table.require_grid(_table_space())
-    epochs = len(next(iter(table))["epochs"])
-    budget = args.budget_trials * epochs
-    seeds = range(args.seeds)
-    strategies = args.strategies or list(STRATEGIES)
-    init_ray()
-    runs = []
-    for seed in seeds:  # seeds outermost: a slow spell of a shared machine hits every strategy alike
-        for name in strategies:
-            if name == "fixed" and seed > 0:
-                continue  # one configuration, one recorded curve: every seed would replay the same
-            r = run_strategy(
-                name, seed, None if name == "fixed" else budget, args.table, args.time_scale, args.concurrency
-            )
-            runs.append(r)
-            best = best_curve(r["events"], budget)[-1]
-            print(
-                f"{name:<14} seed {seed:>2}: {len(r['events'])} trial-epochs, best {best:.4f}, "
-                f"{r['wall_s']:.1f} s",
-                flush=True,
-            )
-    result = {
-        "settings": {
-            "budget_trials": args.budget_trials,
-            "epochs_per_trial": epochs,
-            "seeds": args.seeds,
-            "time_scale": args.time_scale,
-            "concurrency": args.concurrency,
-            "table": str(args.table),
-            "table_provenance": table.provenance,
-        },
-        "analysis": analyse(runs, budget, table),
-        "runs": runs,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, default=float))
-    print(f"wrote {args.out}")
-    print_report(result)
-
-
-def cmd_driver_cost(args: argparse.Namespace) -> None:
-    """The driver's wall time per trial as the trial count grows, and TPE's suggestion time in it."""
-    CurveTable(args.table).require_grid(_table_space())
-    init_ray()
-    SUGGEST_SECONDS.clear()
-    r = run_strategy(
-        "tpe_asha", 0, None, args.table, 0.0, args.concurrency, num_samples=args.trials, searcher=TimedSearch
-    )
-    first_result: dict[str, float] = {}
-    for trial, _, _, _, at in r["events"]:
-        first_result.setdefault(trial, at)
-    starts = sorted(first_result.values())
-    n = len(starts)
-    blocks = []
-    for lo in range(0, n - 1, 100):
-        hi = min(lo + 100, n - 1)
-        blocks.append(
-            {
-                "trials": f"{lo + 1}-{hi + 1}",
-                "driver_ms_per_trial": 1e3 * (starts[hi] - starts[lo]) / (hi - lo),
-                "suggest_ms_median": 1e3 * float(np.median(SUGGEST_SECONDS[lo:hi])),
-            }
-        )
-    result = {
-        "trials": n,
-        "wall_s": r["wall_s"],
-        "trial_epochs": len(r["events"]),
-        "suggest_total_s": float(sum(SUGGEST_SECONDS)),
-        "blocks": blocks,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    for b in blocks:
-        print(
-            f"trials {b['trials']:>9}: {b['driver_ms_per_trial']:6.0f} ms of driver wall time per trial, "
-            f"TPE suggestion {b['suggest_ms_median']:5.1f} ms (median)"
-        )
-    print(f"{n} trials in {r['wall_s']:.0f} s; TPE suggestions {result['suggest_total_s']:.0f} s of it")
-
-
-def _percent(fraction: float) -> str:
-    return "not reached" if math.isinf(fraction) else f"{100 * fraction:.0f}%"
-
-
-def print_report(result: Mapping[str, Any]) -> None:
-    a = result["analysis"]
-    s = result["settings"]
-    print(
-        f"\nbudget {a['budget']} trial-epochs (= {s['budget_trials']} trials of "
-        f"{s['epochs_per_trial']} epochs), "
-        f"{s['seeds']} seeds; table best {a['table_best']:.4f}, median {a['table_median']:.4f}"
-    )
-    print(
-        f"{'strategy':<14} {'final best: median':>18} {'IQR':>17}   budget to reach random_no_es's final best"
-    )
-    for name, q in a["final_best"].items():
-        f = a["budget_fraction_to_reach_random_no_es"].get(name)
-        frac = (
-            ""
-            if f is None
-            else (
-                f"{_percent(f['median'])} (IQR {_percent(f['q25'])} to {_percent(f['q75'])}), "
-                f"reached in {f['reached']}/{len(f['per_seed'])}"
-            )
-        )
-        print(f"{name:<14} {q['median']:>18.4f} {q['q25']:>8.4f}-{q['q75']:.4f}   {frac}")
-    print("\nrank agreement of epoch k's objective with the final objective (Spearman):")
-    print(
-        "  "
-        + ", ".join(
-            f"{r['epoch']}{'p' if r['stage'] == 'pretrain' else ''}: {r['spearman']:.2f}"
-            for r in a["rank_agreement"]
-        )
-    )
-
-
-def cmd_report(args: argparse.Namespace) -> None:
-    result = json.loads(args.results.read_text())
-    # The analysis again, from the recorded events: a change to it needs no new replay.
-    table = CurveTable(Path(result["settings"]["table"]))
-    result["analysis"] = analyse(result["runs"], result["analysis"]["budget"], table)
-    args.results.write_text(json.dumps(result, default=float))
-    print_report(result)
-    plot(result, args.plot)
-
-
-def plot(result: Mapping[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    budget = result["analysis"]["budget"]
-    curves: dict[str, list[np.ndarray]] = {}
-    for r in result["runs"]:
-        curves.setdefault(r["strategy"], []).append(best_curve(r["events"], budget))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    x = np.arange(1, budget + 1)
-    for name, cs in curves.items():
-        a = np.vstack(cs)
-        a = np.where(np.isfinite(a), a, np.nan)
-        if name == "fixed":
-            ax.axhline(np.nanmin(a), color="grey", ls=":", label="fixed (spec's base config)")
+    """Every (seed, strategy) not yet in the results, seeds outermost (a partial run has every strategy at
+    its first seeds); with --jobs N, N processes (each with its own local Ray) share the list."""
+    if args.jobs > 1:
+        _run_in_processes(args)
+        return
+    fte = full_trial_seconds(args.blackbox, str(args.table))
+    setting = {"blackbox": args.blackbox, "table": str(args.table), "time_scale": args.time_scale / fte}
+    work = [(index, name) for index in range(args.seeds) for name in args.strategies]
+    work = [w for i, w in enumerate(work) if i % args.shards == args.shard]
+    ray_started = False
+    for index, name in work:
+        base, _ = parse_strategy(name)
+        scaled = STRATEGIES[base].get("startup") == "scaled"
+        out = results_file(name, args.budget_fte, "scaled" if scaled else "spec")
+        if index in _done(out):
             continue
-        with warnings.catch_warnings():  # before a strategy's first full-length trial: all NaN
-            warnings.simplefilter("ignore", RuntimeWarning)
-            med = np.nanmedian(a, axis=0)
-            low, high = np.nanquantile(a, 0.25, axis=0), np.nanquantile(a, 0.75, axis=0)
-        (line,) = ax.plot(x, med, label=f"{name} (median of {len(cs)})")
-        ax.fill_between(
-            x,
-            low,
-            high,
-            color=line.get_color(),
-            alpha=0.15,
+        if not ray_started:
+            init_ray()
+            ray_started = True
+        # 10% of the trials the budget buys at an ASHA trial's mean cost (--mean-trial-fte, measured).
+        startup = max(2, round(0.1 * args.budget_fte / args.mean_trial_fte)) if scaled else None
+        r = run_strategy(name, index, args.budget_fte * fte, setting, args.concurrency, startup)
+        r.update(fte_seconds=fte, budget_fte=args.budget_fte)
+        _append(out, r)
+        best = r["best_steps"][-1][1] if r["best_steps"] else math.inf
+        print(
+            f"{name:<28} seed {index:>2}: {r['trials']:>4} trials ({r['reusing_trials']} reusing), best "
+            f"{best:.4f}, pretraining {100 * r['pretrain_s'] / max(r['spent_s'], 1e-9):.0f}% of compute, "
+            f"{r['wall_s']:5.1f} s",
+            flush=True,
         )
-    ax.axhline(result["analysis"]["table_best"], color="black", lw=0.8, label="best in the table")
-    ax.set_xlabel("budget spent (trial-epochs)")
-    ax.set_ylabel("best full-length objective so far")
-    ax.set_title("Learning-curve table replayed through ecgtune's driver (band: IQR over seeds)", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+
+
+def _done(out: Path) -> set[int]:
+    if not out.exists():
+        return set()
+    return {json.loads(line)["index"] for line in out.read_text().splitlines() if line.strip()}
+
+
+def _append(out: Path, record: dict[str, Any]) -> None:
+    """One line per run, under a lock: shards of one strategy write the same file."""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+
+
+def _run_in_processes(args: argparse.Namespace) -> None:
+    import subprocess
+    import sys
+
+    base = [a for a in sys.argv[1:] if not a.startswith("--jobs")]
+    if "--jobs" in sys.argv:
+        i = sys.argv.index("--jobs")
+        base = [a for j, a in enumerate(sys.argv[1:], 1) if j not in (i, i + 1)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "bench.replay", *base, "--shard", str(k), "--shards", str(args.jobs)]
+        )
+        for k in range(args.jobs)
+    ]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise SystemExit(f"a replay process failed: exit statuses {codes}")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        prog="python -m bench.replay",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = argparse.ArgumentParser(prog="python -m bench.replay", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="every strategy, several seeds, equal budget")
-    r.add_argument("--table", type=Path, default=TABLE_FILE)
-    r.add_argument("--seeds", type=int, default=10)
-    r.add_argument("--budget-trials", type=int, default=24, help="budget in full-length trials' epochs")
-    r.add_argument("--time-scale", type=float, default=0.002, help="replayed epoch = recorded seconds x this")
+    r = sub.add_parser("run", help="strategies x seeds at one budget (resumable)")
+    r.add_argument("--strategies", nargs="+", default=[*STRATEGIES, *(f"{s}+share" for s in STRATEGIES)])
+    r.add_argument("--seeds", type=int, default=30)
+    r.add_argument("--budget-fte", type=float, default=96.0)
+    r.add_argument("--mean-trial-fte", type=float, default=0.6, help="for the scaled start-up")
+    r.add_argument("--time-scale", type=float, default=0.3, help="wall seconds a full trial sleeps")
     r.add_argument("--concurrency", type=int, default=4)
-    r.add_argument("--strategies", nargs="*", choices=STRATEGIES)
-    r.add_argument("--out", type=Path, default=RESULTS)
-    r.add_argument("--quick", action="store_true", help="2 seeds, a small budget: shows it works")
+    r.add_argument("--blackbox", default="surrogate", choices=["surrogate", "tabular"])
+    r.add_argument("--table", type=Path, default=TABLE_FILE)
+    r.add_argument("--jobs", type=int, default=1, help="processes, each with its own local Ray")
+    r.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
+    r.add_argument("--shards", type=int, default=1, help=argparse.SUPPRESS)
+    o = sub.add_parser("report", help="tables and plot (bench/replay_analysis.py)")
+    o.add_argument("--budget-fte", type=float, default=96.0)
     d = sub.add_parser("driver-cost", help="driver time per trial up to --trials trials")
-    d.add_argument("--table", type=Path, default=TABLE_FILE)
     d.add_argument("--trials", type=int, default=1000)
     d.add_argument("--concurrency", type=int, default=4)
-    d.add_argument("--out", type=Path, default=DRIVER_COST)
-    o = sub.add_parser("report", help="tables and plot from a results file")
-    o.add_argument("--results", type=Path, default=RESULTS)
-    o.add_argument("--plot", type=Path, default=PLOT)
     args = p.parse_args()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if args.command == "run":
-        if args.quick:
-            args.seeds, args.budget_trials = 2, 4
         cmd_run(args)
-    elif args.command == "driver-cost":
-        cmd_driver_cost(args)
+    elif args.command == "report":
+        from bench.replay_analysis import report
+
+        report(args.budget_fte)
     else:
-        cmd_report(args)
+        from bench.driver_cost import driver_cost
+
+        driver_cost(args.trials, args.concurrency)
 
 
 if __name__ == "__main__":

@@ -187,11 +187,13 @@ def build_tuner(
     searcher_class: type[PruneAwareOptunaSearch] | None = None,
     study: StudyLocation | None = None,
     scheduler: TrialScheduler | None = None,
+    quiet: bool = False,
 ) -> Sweep:
     """The Tuner of a sweep. `study`: where its Optuna study is kept (None: in memory). `trainable`,
     `stop`, `searcher_class` and `scheduler` are for benchmarks: a replay of recorded learning curves in
     place of training (bench/replay.py), a stop at a budget, another searcher with the same constructor,
-    and another scheduler than the spec's ASHA (Tune's HyperBand)."""
+    and another scheduler than the spec's ASHA (Tune's HyperBand). `quiet`: no console lines and no
+    dashboard series (a benchmark replaying thousands of trials)."""
     search = spec.search
     trainable = _with_resources(trainable, spec)
     param_space: dict[str, Any] = {"spec": spec.model_dump(mode="json")}
@@ -231,7 +233,7 @@ def build_tuner(
             stop=stop,
             failure_config=tune.FailureConfig(max_failures=spec.run.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=spec.run.checkpoints_kept),
-            callbacks=[gauges, ProgressLines(spec)],
+            callbacks=[] if quiet else [gauges, ProgressLines(spec)],
             verbose=0,  # ProgressLines is the console's view
         ),
     )
