@@ -1,0 +1,93 @@
+"""Recorded curves and their surrogate behind one small interface, as syne-tune's blackbox repository does:
+a configuration of the table's space in, the epochs a trial of it would report and what each costs out.
+
+    bb = load_blackbox()                          # the surrogate fitted on the committed table
+    bb.curve(config)                              # [{epoch, stage, finetune_epoch, objective, MAEs...}, ...]
+    bb.costs(config)                              # StageCosts: seconds per epoch of each stage, load
+
+`SurrogateBlackbox` answers for any configuration (bench/surrogate.py); `TabularBlackbox` answers with the
+recorded curve of the nearest recorded configuration in the unit cube (a configuration of the table is its
+own nearest), for checks on held-out rows. Costs come from bench/cost_model.py in both.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from bench.cost_model import TIMING_FILE, CostModel, StageCosts, shipped_scale
+from bench.curve_table import TABLE_FILE, CurveTable, load_space_spec
+from bench.surrogate import METRICS, SURROGATE_FILE, load_surrogate, usable
+from bench.unit_cube import cube_keys, encode
+
+
+class Blackbox(Protocol):
+    pretrain_epochs: int
+    finetune_epochs: int
+
+    def curve(self, config: Mapping[str, Any]) -> list[dict[str, Any]]: ...
+
+    def costs(self, config: Mapping[str, Any]) -> StageCosts: ...
+
+
+class SurrogateBlackbox:
+    def __init__(self, surrogate_file: Path = SURROGATE_FILE, table_file: Path = TABLE_FILE,
+                 timing_file: Path = TIMING_FILE):  # fmt: skip
+        self.surrogate = load_surrogate(surrogate_file, table_file)
+        self.pretrain_epochs = self.surrogate.pretrain_epochs
+        self.finetune_epochs = self.surrogate.finetune_epochs
+        self.cost_model = CostModel(shipped_scale(), timing_file, self.pretrain_epochs, self.finetune_epochs)
+
+    def curve(self, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return self.surrogate.curve(config)
+
+    def final_objectives(self, configs: list[Mapping[str, Any]]) -> np.ndarray:
+        return self.surrogate.final_objective(configs)
+
+    def costs(self, config: Mapping[str, Any]) -> StageCosts:
+        return self.cost_model.costs(config)
+
+
+class TabularBlackbox:
+    """The recorded rows only: a configuration gets the curve of its nearest recorded configuration."""
+
+    def __init__(self, rows: list[dict[str, Any]], timing_file: Path = TIMING_FILE):
+        self.rows = usable(rows)
+        self.space = load_space_spec().search.space
+        self.keys = cube_keys(self.space)
+        self.points = np.array([encode(self.space, self.keys, r["config"]) for r in self.rows])
+        first = self.rows[0]["epochs"]
+        self.pretrain_epochs = sum(e["stage"] == "pretrain" for e in first)
+        self.finetune_epochs = len(first) - self.pretrain_epochs
+        self.cost_model = CostModel(shipped_scale(), timing_file, self.pretrain_epochs, self.finetune_epochs)
+
+    def nearest(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        d = np.sum((self.points - encode(self.space, self.keys, config)) ** 2, axis=1)
+        return self.rows[int(np.argmin(d))]
+
+    def curve(self, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+        epochs = self.nearest(config)["epochs"]
+        return [
+            {**{k: e[k] for k in ("epoch", "stage", "stage_epoch", "finetune_epoch", "diverged", *METRICS)},
+             "total_epochs": len(epochs)}
+            for e in epochs
+        ]  # fmt: skip
+
+    def final_objectives(self, configs: list[Mapping[str, Any]]) -> np.ndarray:
+        return np.array([self.nearest(c)["epochs"][-1]["objective"] for c in configs])
+
+    def costs(self, config: Mapping[str, Any]) -> StageCosts:
+        return self.cost_model.costs(self.nearest(config)["config"])
+
+
+@functools.cache
+def load_blackbox(kind: str = "surrogate", path: str | None = None) -> Blackbox:
+    """The blackbox a replay uses, once per process: the committed surrogate, or ("tabular", table) the
+    rows of a packed table."""
+    if kind == "tabular":
+        return TabularBlackbox(CurveTable(Path(path) if path else TABLE_FILE).main_rows())
+    return SurrogateBlackbox(table_file=Path(path) if path else TABLE_FILE)
