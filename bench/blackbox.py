@@ -84,10 +84,43 @@ class TabularBlackbox:
         return self.cost_model.costs(self.nearest(config)["config"])
 
 
+class ToyBlackbox:
+    """A curve that is a plain function of the configuration, for tests of the replay (no table, no
+    fitting), as long as the table's: 3 pretraining epochs at objective 2, then 9 fine-tuning epochs
+    falling towards a level set by the fine-tuning learning rate and the number of residual modules.
+    Costs: 5 s per pretraining epoch, 1 s per fine-tuning epoch, 0.1 s to load a stored backbone."""
+
+    pretrain_epochs, finetune_epochs = 3, 9
+
+    @staticmethod
+    def level(config: Mapping[str, Any]) -> float:
+        return 1.0 + (np.log10(config["finetune.lr"]) + 2.0) ** 2 + 0.1 * config["model.num_blocks"]
+
+    def curve(self, config: Mapping[str, Any]) -> list[dict[str, Any]]:
+        epochs = [
+            {"stage": "pretrain", "stage_epoch": k, "finetune_epoch": 0, "objective": 2.0} for k in (1, 2, 3)
+        ]
+        for k in range(1, 10):
+            value = self.level(config) + 0.5 / k
+            epochs.append({"stage": "finetune", "stage_epoch": k, "finetune_epoch": k, "objective": value})
+        for i, e in enumerate(epochs):
+            e.update({"epoch": i + 1, "total_epochs": len(epochs), "diverged": False})
+            e.update({f"ptbxl_val_mae_{t}": 10 * e["objective"] for t in ("hr", "pr", "qrs", "qt")})
+        return epochs
+
+    def costs(self, config: Mapping[str, Any]) -> StageCosts:
+        return StageCosts(5.0, 1.0, 0.1)
+
+    def final_objectives(self, configs: list[Mapping[str, Any]]) -> np.ndarray:
+        return np.array([self.level(c) + 0.5 / 9 for c in configs])
+
+
 @functools.cache
 def load_blackbox(kind: str = "surrogate", path: str | None = None) -> Blackbox:
-    """The blackbox a replay uses, once per process: the committed surrogate, or ("tabular", table) the
-    rows of a packed table."""
+    """The blackbox a replay uses, once per process: the committed surrogate, ("tabular", table) the
+    rows of a packed table, or "toy" (tests)."""
+    if kind == "toy":
+        return ToyBlackbox()
     if kind == "tabular":
         return TabularBlackbox(CurveTable(Path(path) if path else TABLE_FILE).main_rows())
     return SurrogateBlackbox(table_file=Path(path) if path else TABLE_FILE)

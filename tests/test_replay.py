@@ -1,146 +1,95 @@
-"""The learning-curve replay (bench/replay.py) through ecgtune's real driver, on a toy table of the
-benchmark's grid: each trial reports exactly its configuration's recorded epochs, the budget stops the
-sweep, and TPE and ASHA are told what the trials reported (the facts tests/test_search_facts.py checks
-on trained trials). The full benchmark is not a test: `python -m bench.replay run`."""
+"""The search benchmark's replay (bench/replay.py) through ecgtune's real driver, on a toy blackbox whose
+curve is a plain function of the configuration: each trial reports exactly its configuration's curve and
+what each epoch costs, a reused backbone costs its load instead of its pretraining, the compute budget
+ends the sweep, and TPE and ASHA are told what the trials reported. The full benchmark is not a test:
+`python -m bench.replay run`."""
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from sweep_checks import check_asha, check_optuna, reported
 
 from bench import replay
-from bench.curve_table import TABLE_FORMAT, CurveTable, config_key, grid, load_space_spec
+from bench.blackbox import ToyBlackbox
+from bench.replay_analysis import Reference, best_at, random_equivalent, regret
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+SETTING = {"blackbox": "toy", "time_scale": 0.0, "checkpoints": False}
 
 
-def write_toy_table(path: Path) -> Path:
-    """Every configuration of the grid with a made-up curve: 2 flat pretraining epochs, then a
-    fine-tuning curve falling towards a per-configuration level; the highest learning rate with the
-    deepest network diverges at its second fine-tuning epoch."""
-    spec = load_space_spec()
-    lrs = sorted(spec.search.space["finetune.lr"].choices)
-    rng = np.random.default_rng(0)
-    rows = []
-    for config in grid(spec.search.space):
-        level = float(rng.uniform(0.5, 1.5))
-        diverges = config["finetune.lr"] == lrs[-1] and config["model.num_blocks"] == 4
-        epochs = []
-        for k in range(1, 12):
-            finetune_epoch = max(k - 2, 0)
-            diverged = diverges and finetune_epoch == 2
-            objective = 1.9 + 0.01 * k if finetune_epoch == 0 else level + 1.0 / finetune_epoch
-            epochs.append(
-                {
-                    "epoch": k,
-                    "stage": "pretrain" if finetune_epoch == 0 else "finetune",
-                    "stage_epoch": k if finetune_epoch == 0 else finetune_epoch,
-                    "finetune_epoch": finetune_epoch,
-                    "objective": None if diverged else objective,
-                    "diverged": diverged,
-                    "train_loss": 1.0,
-                    "epoch_seconds": 1.0,
-                    **{f"ptbxl_val_mae_{t}": 10 * objective for t in ("hr", "pr", "qrs", "qt")},
-                }
-            )
-            if diverged:
-                break
-        rows.append({"config": config, "key": config_key(config), "parameters": 1, "epochs": epochs})
-    table = {"format": TABLE_FORMAT, "configurations": len(rows), "missing": 0, "provenance": {}}
-    with gzip.open(path, "wt") as f:
-        json.dump({**table, "rows": rows}, f)
-    return path
-
-
-def replay_sweep(tmp_path: Path, table_file: Path, stop, num_samples: int):
+def replay_sweep(tmp_path, name: str, budget_s: float | None, num_samples: int):
     from ecgtune.search import build_tuner
     from ecgtune.sweep_results import summarize
 
-    spec = replay.strategy_spec("tpe_asha", seed=0, table=table_file, time_scale=0.0, concurrency=2)
+    setting = {**SETTING, "store": str(tmp_path / "backbones")}
+    spec = replay.strategy_spec(name, seed=0, setting=setting, concurrency=2)
     spec = spec.model_copy(update={"search": spec.search.model_copy(update={"num_samples": num_samples})})
-    name = f"replay-{num_samples}"
-    sweep = build_tuner(spec, str(tmp_path / "runs"), name, trainable=replay.replay_trial, stop=stop)
+    stop = replay.Budget(budget_s)
+    sweep = build_tuner(
+        spec, str(tmp_path / "runs"), "replay", trainable=replay.replay_trial, stop=stop, quiet=True
+    )
     summary = summarize(sweep.tuner.fit(), spec, sweep.searcher, wall_seconds=0.0)
-    return spec, sweep, summary, reported(tmp_path / "runs" / name)
+    return sweep, summary, stop, reported(tmp_path / "runs" / "replay")
 
 
-def test_replay_reports_the_table_through_the_driver(tmp_path, local_ray, monkeypatch):
-    from ecgtune.experiment import trial_spec
-
+def test_replay_reports_the_blackbox_through_the_driver(tmp_path, local_ray, monkeypatch):
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
-    table_file = write_toy_table(tmp_path / "table.json.gz")
-    table = CurveTable(table_file)
-    record = replay.Budget(None)  # records every epoch, stops nothing
-    spec, sweep, summary, rows = replay_sweep(tmp_path, table_file, record, num_samples=12)
-
-    # Every trial reported its configuration's recorded epochs, in order, as far as ASHA let it go.
+    sweep, summary, stop, rows = replay_sweep(tmp_path, "tpe_asha", None, num_samples=10)
+    toy = ToyBlackbox()
     configs = {t["trial_id"]: t["config"] for t in summary["trials"]}
-    assert len(rows) == 12
-    assert any(len(r) == 11 for r in rows.values()) and any(len(r) < 11 for r in rows.values())
+    assert len(rows) == 10
+    assert any(len(r) == 12 for r in rows.values()) and any(len(r) < 12 for r in rows.values())
     for trial_id, results in rows.items():
-        recorded = table.epochs(replay.searched_values(trial_spec(spec, configs[trial_id])))
-        got = [(r["epoch"], r["objective"]) for r in results]
-        want = [(e["epoch"], math.nan if e["objective"] is None else e["objective"]) for e in recorded]
-        assert len(got) <= len(want)
-        for (epoch, value), (epoch_want, value_want) in zip(got, want[: len(got)], strict=True):
-            assert epoch == epoch_want
-            assert value == value_want or (math.isnan(value) and math.isnan(value_want))
-    # The stopper saw each epoch once, in the order the driver did.
-    assert len(record.events) == sum(len(r) for r in rows.values())
-    curve = replay.best_curve(record.events, len(record.events))
-    assert np.all(np.diff(curve[np.isfinite(curve)]) <= 0)
-    # What TPE and ASHA were told is what the replayed trials reported, on ASHA's clock.
+        want = toy.curve(replay.searched_values(configs[trial_id]))
+        for got, expected in zip(results, want, strict=False):
+            assert got["epoch"] == expected["epoch"]
+            # Exactly the blackbox's value: a replay off by 1e-3 fails here.
+            assert got["objective"] == pytest.approx(expected["objective"], abs=1e-9)
+            assert got["compute_seconds"] == (5.0 if got["stage"] == "pretrain" else 1.0)
+    assert len(stop.events) == sum(len(r) for r in rows.values())
     check_optuna(sweep.searcher, summary, rows, "finetune_epoch")
     check_asha(sweep.scheduler, rows, "finetune_epoch")
 
 
-def test_the_budget_ends_the_sweep(tmp_path, local_ray, monkeypatch):
+def test_the_compute_budget_ends_the_sweep_and_reuse_costs_the_load(tmp_path, local_ray, monkeypatch):
     monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "0")
-    table_file = write_toy_table(tmp_path / "table.json.gz")
-    budget = replay.Budget(40)
-    _, _, _, rows = replay_sweep(tmp_path, table_file, budget, num_samples=1000)
-    spent = sum(len(r) for r in rows.values())
-    # Spent, then ended: the trials running at that moment add at most an epoch or so each.
-    assert len(budget.events) == spent
-    assert 40 <= spent <= 40 + 2 * 11
+    _, summary, stop, rows = replay_sweep(tmp_path, "tpe_asha+share(k=3,oldest)", 200.0, num_samples=1000)
+    spent = sum(r["compute_seconds"] for rs in rows.values() for r in rs)
+    assert stop.spent == pytest.approx(spent)
+    assert (
+        200.0 <= spent <= 200.0 + 2 * (3 * 5.0 + 9 * 1.0)
+    )  # the trials running at the end add an epoch or so
+    reusing = [rs for rs in rows.values() if rs[0].get("reused_epoch")]
+    assert reusing, "the sharing searcher made no trial reuse a backbone"
+    for rs in reusing:  # pretraining epochs free; the first fine-tuning epoch pays the load (and any wait)
+        assert [r["compute_seconds"] for r in rs[:3]] == [0.0, 0.0, 0.0]
+        assert rs[3]["compute_seconds"] >= 1.0 + 0.1
+    trace = replay.trace(stop.events)
+    assert trace["reusing_trials"] == len(reusing) and trace["spent_s"] == pytest.approx(spent)
 
 
-def test_best_curve_counts_only_full_length_trials_and_the_budget_fraction():
-    events = [
-        ("a", 1, 2.0, 3, 0.0),
-        ("a", 2, 1.5, 3, 0.0),  # a is stopped here: its 1.5 is not a full-length result
-        ("b", 1, 1.8, 3, 0.0),
-        ("b", 2, 1.2, 3, 0.0),
-        ("b", 3, 1.0, 3, 0.0),  # b finishes at trial-epoch 5
-        ("c", 1, 0.5, 3, 0.0),
-        ("c", 2, 0.4, 3, 0.0),
-        ("c", 3, 0.3, 3, 0.0),  # c finishes at trial-epoch 8
+def test_best_so_far_counts_full_fidelity_trials_against_compute():
+    events = [  # trial, epoch, objective, total, compute s, reused, pretraining, clock
+        ("a", 1, 2.0, 2, 5.0, False, True, 0),
+        ("a", 2, 1.5, 2, 1.0, False, False, 0),  # a finishes after 6 s
+        ("b", 1, 2.0, 2, 0.0, True, True, 0),
+        ("b", 2, 1.0, 2, 1.1, False, False, 0),  # b reuses: finishes after 7.1 s
+        ("c", 1, 2.0, 2, 5.0, False, True, 0),  # c never finishes
     ]
-    curve = replay.best_curve(events, 10)
-    assert list(curve[:4]) == [math.inf] * 4
-    assert list(curve[4:7]) == [1.0] * 3
-    assert list(curve[7:]) == [0.3] * 3
-    assert replay.budget_to_reach(curve, 1.0) == pytest.approx(0.5)
-    assert replay.budget_to_reach(curve, 0.3) == pytest.approx(0.8)
-    assert replay.budget_to_reach(curve, 0.1) == math.inf
+    t = replay.trace(events)
+    assert t["best_steps"] == [(6.0, 1.5), (pytest.approx(7.1), 1.0)]
+    assert t["pretrain_s"] == 10.0 and t["reusing_trials"] == 1 and t["full_trials"] == 2
+    curve = best_at(t, np.array([1.0, 6.0, 7.0, 7.1, 12.0]))
+    assert list(curve) == [math.inf, 1.5, 1.5, 1.0, 1.0]
 
 
-def test_a_table_without_a_row_for_every_configuration_is_refused_before_any_replay(tmp_path):
-    full = CurveTable(write_toy_table(tmp_path / "full.json.gz"))
-    space = load_space_spec().search.space
-    full.require_grid(space)  # every configuration has its row
-    with gzip.open(tmp_path / "full.json.gz", "rt") as f:
-        data = json.load(f)
-    dropped = data["rows"].pop(7)["key"]
-    with gzip.open(tmp_path / "short.json.gz", "wt") as f:
-        json.dump(data, f)
-    expected = r"short\.json\.gz: no row for 1 of the grid's \d+ configurations"
-    with pytest.raises(ValueError, match=expected) as e:
-        CurveTable(tmp_path / "short.json.gz").require_grid(space)
-    assert dropped in str(e.value)
+def test_regret_and_random_equivalent_budget():
+    grid = np.linspace(0, 8, 9)
+    ref = Reference(f_star=1.0, f_median=2.0, grid_fte=grid, random_best=np.array([2.0 - 0.1 * grid] * 3))
+    assert list(regret(np.array([np.inf, 2.0, 1.5, 1.0, 0.9]), ref)) == [1.0, 1.0, 0.5, 0.0, 0.0]
+    # Random search's expected best reaches 1.6 at 4 FTE: a run at budget 2 that reached it is worth 2x.
+    assert random_equivalent(1.6, ref, budget_fte=2.0) == pytest.approx(2.0)
+    assert random_equivalent(0.5, ref, budget_fte=2.0) == math.inf
