@@ -141,6 +141,7 @@ def _other(name: str, value):
         "freeze_backbone_epochs": 1,
         "storage_path": "elsewhere",
         "backbones": "/tmp/elsewhere",
+        "optuna_storage": "sqlite:///elsewhere.db",
     }
     if name in alternatives:
         return alternatives[name]

@@ -95,9 +95,9 @@ def test_spec_and_summary_round_trip_locally_and_through_a_uri(tmp_path):
 # summary.json's keys, in order, as `ecgtune.sweep_results.summarize` wrote them
 # before the experiment's owner.
 SUMMARY_KEYS = ["sweep", "metric", "mode", "max_epochs", "wall_seconds", "trials", "epochs_reached"]
-SUMMARY_KEYS += ["statuses", "best", "optuna_states"]
+SUMMARY_KEYS += ["statuses", "best", "optuna_states", "backbones"]
 TRIAL_KEYS = ["trial_id", "path", "config", "epochs", "status", "error", "objective", "best_objective"]
-TRIAL_KEYS += ["ptbxl_val_mae", "node_id", "device", "time_total_s"]
+TRIAL_KEYS += ["ptbxl_val_mae", "node_id", "device", "time_total_s", "backbone"]
 
 
 def test_summary_has_the_keys_of_a_real_sweeps_summary_json():

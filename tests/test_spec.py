@@ -63,9 +63,11 @@ def test_smoke_sweep_is_small_and_on_demo_data() -> None:
     assert spec.resources.gpu == 0 and spec.resources.cpu == 1
     assert spec.data.pretrain is not None and spec.data.pretrain.demo == "deepfake"
     assert spec.data.finetune.demo == "ptbxl"
-    assert spec.search.num_samples == 8 and spec.search.max_concurrent_trials == 2
-    assert spec.stages.pretrain.samples_per_epoch is None and spec.stages.finetune.samples_per_epoch is None
+    assert spec.search.num_samples == 12 and spec.search.max_concurrent_trials == 2
+    assert spec.stages.pretrain.samples_per_epoch is None and spec.stages.finetune.samples_per_epoch == 880
     assert spec.search.space["model.stem_widths.1"].same_as == "model.block_widths.1"
+    # The demo's promise: its sweep shows reuse, and its time is bounded whatever TPE samples.
+    assert spec.search.backbones is not None and spec.search.time_budget_s == 240
 
 
 def test_paper_variants_are_the_seven_experiments() -> None:
@@ -228,12 +230,12 @@ BAD: dict[str, tuple[str, Callable[[dict[str, Any]], None], list[str]]] = {
     "grace period beyond the fine-tuning epochs": (
         "smoke",
         setting("search/asha/grace_period", 11),
-        ["search.asha.grace_period: 11 is more than the 10 fine-tuning epochs ASHA counts"],
+        ["search.asha.grace_period: 11 is more than the 8 fine-tuning epochs ASHA counts"],
     ),
     "grace period beyond all epochs": (
         "smoke",
         lambda d: d["search"]["asha"].update(clock="all", grace_period=13),
-        ["search.asha.grace_period: 13 is more than the 12 epochs a trial trains (pretrain 2 + finetune 10)"],
+        ["search.asha.grace_period: 13 is more than the 10 epochs a trial trains (pretrain 2 + finetune 8)"],
     ),
     "unknown ASHA clock": (
         "smoke",
@@ -243,7 +245,7 @@ BAD: dict[str, tuple[str, Callable[[dict[str, Any]], None], list[str]]] = {
     "freeze beyond the epochs": (
         "smoke",
         setting("stages/finetune/freeze_backbone_epochs", 11),
-        ["stages.finetune.freeze_backbone_epochs: 11 is more than the stage's 10 epochs"],
+        ["stages.finetune.freeze_backbone_epochs: 11 is more than the stage's 8 epochs"],
     ),
     "store with path and demo": (
         "smoke",

@@ -24,6 +24,7 @@ def test_overrides_set_dotted_keys_to_yaml_values_and_leave_the_file_alone() -> 
             "model.params.block_widths=[16, 32]",
             "search.space.model.block_kernel.choices=[9, 25]",  # a search-space key holds dots
             "data.pretrain=",  # empty: null, i.e. no pretraining stage
+            "search.backbones=",  # without pretraining there is no backbone to share
             "run.storage_path=/tmp/elsewhere",
         ],
     )
