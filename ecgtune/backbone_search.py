@@ -70,24 +70,34 @@ class BackboneSharingSearch(PruneAwareOptunaSearch):
         config = super().suggest(trial_id)
         if config is None or config == Searcher.FINISHED or trial_id not in self._ot_trials:
             return config
-        params = {k: v for k, v in self._ot_trials[trial_id].params.items() if is_backbone_param(k)}
-        gid = json.dumps(params, sort_keys=True, default=str)
-        entry = self.groups.setdefault(
-            gid,
-            {
-                "params": params,
-                "trials": [],
-                "ready": False,
-                "failed": False,
-                "score": None,
-                "order": len(self.groups),
-            },
-        )
-        if entry["trials"]:
+        entry = self._group(self._ot_trials[trial_id].params)
+        if entry["trials"] or entry["earlier"]:
             self.reuses += 1
         entry["trials"].append(trial_id)
-        self.trial_group[trial_id] = gid
+        self.trial_group[trial_id] = entry["id"]
         return config
+
+    def _group(self, params: dict[str, Any]) -> dict[str, Any]:
+        """The backbone of a trial's Optuna parameters (its model.* and pretrain.* ones)."""
+        backbone = {k: v for k, v in params.items() if is_backbone_param(k)}
+        gid = json.dumps(backbone, sort_keys=True, default=str)
+        if gid not in self.groups:
+            self.groups[gid] = {"id": gid, "params": backbone, "trials": [], "earlier": 0, "ready": False,
+                                "failed": False, "score": None, "order": len(self.groups)}  # fmt: skip
+        return self.groups[gid]
+
+    def add_earlier_trials(self, trials: list, run: str) -> None:
+        """Warm start (`ecgtune.warm_start`): an earlier sweep's backbones are pretrained already, in the
+        store this sweep shares with it, and scored by that sweep's trials at the first rung; they are
+        offered for reuse at once, each to up to trials_per_backbone trials of this sweep."""
+        super().add_earlier_trials(trials, run)
+        for t in trials:
+            group = self._group(t.params)
+            group["earlier"] += 1
+            group["ready"] = True
+            value = t.intermediate_values.get(self.first_rung)
+            if value is not None:
+                group["score"] = value if group["score"] is None else min(group["score"], value)
 
     def _pick(self) -> dict[str, Any] | None:
         """The pretrained backbone the next trial reuses, or None for a new one."""

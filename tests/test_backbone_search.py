@@ -114,3 +114,20 @@ def test_sharing_survives_save_and_restore(tmp_path):
     restored = searcher(trials_per_backbone=3, pick="oldest")
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert backbone(restored.suggest("t2")) == backbone(first)
+
+
+def test_a_warm_started_sweep_reuses_the_earlier_sweeps_best_backbone_at_once():
+    earlier = searcher(trials_per_backbone=3, pick="best")
+    configs = [earlier.suggest(f"e{i}") for i in range(3)]
+    for i, value in enumerate([2.0, 1.0, 3.0]):
+        report(earlier, f"e{i}", PRETRAIN, 5.0)
+        stopped = {"objective": value, "epoch": PRETRAIN + 1, "finetune_epoch": 1, "total_epochs": 5}
+        earlier.on_trial_complete(f"e{i}", {**stopped, "training_iteration": PRETRAIN + 1})
+    trials = earlier._ot_study.get_trials(states=(optuna.trial.TrialState.PRUNED,))
+    assert len(trials) == 3
+    warm = searcher(trials_per_backbone=2, pick="best")
+    warm.add_earlier_trials(trials, "earlier-run")
+    # Before any trial of its own has pretrained anything: the earlier sweep's best backbone (1.0).
+    first, second, third = (warm.suggest(f"w{i}") for i in range(3))
+    assert backbone(first) == backbone(second) == backbone(configs[1])
+    assert backbone(third) != backbone(configs[1])  # two trials of this sweep on it: its share is used
