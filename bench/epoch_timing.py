@@ -89,6 +89,39 @@ def time_architecture(arch: dict) -> dict:
     }
 
 
+def time_loads() -> list[tuple[int, float]]:
+    """(entry bytes, seconds) for reading a stored backbone (BackboneStore.get) of a small, a median and
+    the largest table architecture from a local store: the cost a reusing trial pays instead of
+    pretraining. Median of 5 reads each."""
+    import tempfile
+
+    from ecgtune.backbones import Backbone, BackboneStore, backbone_key
+    from ecgtune.models import build_model
+    from ecgtune.spec import apply_params
+
+    archs = architectures()
+    sizes = []
+    with tempfile.TemporaryDirectory() as d:
+        store = BackboneStore(d)
+        for arch in (
+            archs[0],
+            archs[len(archs) // 2],
+            max(archs, key=lambda a: a["model.block_widths.0"] * a["model.num_blocks"]),
+        ):
+            model = build_model(apply_params(load_space_spec(), arch).network_config())
+            material = {"arch": arch}
+            key = backbone_key(material)
+            store.put(Backbone(key, material, model.state_dict(), [{"epoch": 1}], None))
+            times = []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                store.get(key, material)
+                times.append(time.perf_counter() - t0)
+            entry = next(e for e in store.entries() if e.key == key)
+            sizes.append((entry.bytes, statistics.median(times)))
+    return sizes
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.epoch_timing", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -109,7 +142,13 @@ def main() -> None:
         train, evaluate = 1e3 * r["train_s_per_ecg"], 1e3 * r["eval_s_per_ecg"]
         mflop = r["flops_per_ecg"] / 1e6
         print(f"{i + 1}/{len(archs)} {mflop:7.1f} MFLOP: train {train:.2f}, eval {evaluate:.2f} ms/ECG")
+    loads = time_loads()
+    import numpy as np
+
+    per_byte, intercept = np.polyfit([b for b, _ in loads], [t for _, t in loads], 1)
     result = {
+        "load_fit": [float(intercept), float(per_byte)],
+        "loads": loads,
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import optuna
 from ray import tune
 
 from bench.curve_table import SPACE_SPEC, TABLE_FILE
@@ -59,8 +60,9 @@ STRATEGIES: dict[str, dict[str, Any]] = {
 
 
 def parse_strategy(name: str) -> tuple[str, dict[str, Any] | None]:
-    """`tpe_asha+share` -> ("tpe_asha", SHARE); `tpe_asha+share(k=2,oldest)` -> a sharing variant."""
-    base, _, share = name.partition("+")
+    """`tpe_asha+share` -> ("tpe_asha", SHARE); `tpe_asha+share(k=2,oldest)` -> a sharing variant.
+    A `+warm` suffix (a warm-started second sweep, `run_strategy`) changes neither."""
+    base, _, share = name.removesuffix("+warm").partition("+")
     if base not in STRATEGIES:
         raise ValueError(f"unknown strategy {base!r}; known: {', '.join(STRATEGIES)}")
     if not share:
@@ -248,7 +250,6 @@ def run_strategy(name: str, index: int, budget_s: float | None, setting: dict[st
     """Seed `index` of one strategy through ecgtune's driver; the events in the order the driver saw them."""
     import ecgtune.search as driver
 
-    seed = strategy_seed(name, index)
     base, sharing = parse_strategy(name)
     with tempfile.TemporaryDirectory() as storage, contextlib.redirect_stdout(io.StringIO()):
         setting = {
@@ -256,23 +257,40 @@ def run_strategy(name: str, index: int, budget_s: float | None, setting: dict[st
             "store": f"{storage}/backbones",
             "checkpoints": STRATEGIES[base].get("scheduler") == "hyperband",
         }
-        spec = strategy_spec(name, seed, setting, concurrency, startup)
-        if num_samples is not None:
-            spec = spec.model_copy(
-                update={"search": spec.search.model_copy(update={"num_samples": num_samples})}
+
+        def sweep_of(strategy: str, seed: int, experiment: str):
+            spec = strategy_spec(strategy, seed, setting, concurrency, startup)
+            if num_samples is not None:
+                spec = spec.model_copy(
+                    update={"search": spec.search.model_copy(update={"num_samples": num_samples})}
+                )
+            stop = Budget(budget_s)
+            sweep = driver.build_tuner(
+                spec,
+                storage,
+                experiment,
+                trainable=replay_trial,
+                stop=stop,
+                searcher_class=searcher_class,
+                scheduler=hyperband(spec) if STRATEGIES[base].get("scheduler") == "hyperband" else None,
+                quiet=quiet,
             )
-        stop = Budget(budget_s)
+            return spec, sweep, stop
+
+        earlier = []
+        if name.endswith("+warm"):
+            # A first sweep of the same strategy and budget, with a seed of its own; the second starts
+            # from its finished and stopped trials (ecgtune.warm_start's path) and shares its store.
+            cold = name.removesuffix("+warm")
+            _, first, _ = sweep_of(cold, strategy_seed(cold + "/first", index), f"first-{index}")
+            first.tuner.fit()
+            states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            earlier = first.searcher._ot_study.get_trials(deepcopy=True, states=states)
+        seed = strategy_seed(name, index)
+        spec, sweep, stop = sweep_of(name.removesuffix("+warm"), seed, f"replay-{index}")
+        if earlier:
+            sweep.searcher.add_earlier_trials(earlier, "first sweep")
         started = time.perf_counter()
-        sweep = driver.build_tuner(
-            spec,
-            storage,
-            f"replay-{index}",
-            trainable=replay_trial,
-            stop=stop,
-            searcher_class=searcher_class,
-            scheduler=hyperband(spec) if STRATEGIES[base].get("scheduler") == "hyperband" else None,
-            quiet=quiet,
-        )
         sweep.tuner.fit()
         wall = time.perf_counter() - started
     searcher = sweep.searcher
