@@ -19,10 +19,18 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from bench.cost_model import TIMING_FILE, CostModel, StageCosts, shipped_scale
+from bench.cost_model import TIMING_FILE, CostModel, StageCosts, asha_mean_epochs, shipped_scale
 from bench.curve_table import TABLE_FILE, CurveTable, load_space_spec
 from bench.surrogate import METRICS, SURROGATE_FILE, load_surrogate, usable
 from bench.unit_cube import cube_keys, encode
+
+
+def table_finetune_fraction() -> float:
+    """Of the table's fine-tuning epochs, the share an average trial trains under the table's ASHA."""
+    spec = load_space_spec()
+    asha = spec.search.asha
+    epochs = spec.stages.finetune.epochs
+    return asha_mean_epochs(asha.grace_period, asha.reduction_factor, epochs) / epochs
 
 
 class Blackbox(Protocol):
@@ -40,7 +48,13 @@ class SurrogateBlackbox:
         self.surrogate = load_surrogate(surrogate_file, table_file)
         self.pretrain_epochs = self.surrogate.pretrain_epochs
         self.finetune_epochs = self.surrogate.finetune_epochs
-        self.cost_model = CostModel(shipped_scale(), timing_file, self.pretrain_epochs, self.finetune_epochs)
+        self.cost_model = CostModel(
+            shipped_scale(),
+            timing_file,
+            self.pretrain_epochs,
+            self.finetune_epochs,
+            table_finetune_fraction(),
+        )
 
     def curve(self, config: Mapping[str, Any]) -> list[dict[str, Any]]:
         return self.surrogate.curve(config)
@@ -63,7 +77,13 @@ class TabularBlackbox:
         first = self.rows[0]["epochs"]
         self.pretrain_epochs = sum(e["stage"] == "pretrain" for e in first)
         self.finetune_epochs = len(first) - self.pretrain_epochs
-        self.cost_model = CostModel(shipped_scale(), timing_file, self.pretrain_epochs, self.finetune_epochs)
+        self.cost_model = CostModel(
+            shipped_scale(),
+            timing_file,
+            self.pretrain_epochs,
+            self.finetune_epochs,
+            table_finetune_fraction(),
+        )
 
     def nearest(self, config: Mapping[str, Any]) -> dict[str, Any]:
         d = np.sum((self.points - encode(self.space, self.keys, config)) ** 2, axis=1)
