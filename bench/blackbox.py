@@ -13,6 +13,7 @@ own nearest), for checks on held-out rows. Costs come from bench/cost_model.py i
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ import numpy as np
 
 from bench.cost_model import TIMING_FILE, CostModel, StageCosts, asha_mean_epochs, shipped_scale
 from bench.curve_table import TABLE_FILE, CurveTable, load_space_spec
-from bench.surrogate import METRICS, SURROGATE_FILE, load_surrogate, usable
+from bench.surrogate import METRICS, SURROGATE_FILE, Surrogate, load_surrogate, usable
 from bench.unit_cube import cube_keys, encode
 
 
@@ -43,9 +44,13 @@ class Blackbox(Protocol):
 
 
 class SurrogateBlackbox:
-    def __init__(self, surrogate_file: Path = SURROGATE_FILE, table_file: Path = TABLE_FILE,
+    def __init__(self, surrogate_file: Path | None = SURROGATE_FILE, table_file: Path = TABLE_FILE,
                  timing_file: Path = TIMING_FILE):  # fmt: skip
-        self.surrogate = load_surrogate(surrogate_file, table_file)
+        if surrogate_file is None:
+            recipe = json.loads(SURROGATE_FILE.read_text())
+            self.surrogate = Surrogate(CurveTable(table_file).main_rows(), recipe["model"], recipe["seed"])
+        else:
+            self.surrogate = load_surrogate(surrogate_file, table_file)
         self.pretrain_epochs = self.surrogate.pretrain_epochs
         self.finetune_epochs = self.surrogate.finetune_epochs
         self.cost_model = CostModel(
@@ -141,6 +146,8 @@ def load_blackbox(kind: str = "surrogate", path: str | None = None) -> Blackbox:
     rows of a packed table, or "toy" (tests)."""
     if kind == "toy":
         return ToyBlackbox()
+    if kind == "surrogate-fit":  # fitted afresh on `path` (a subset of the table), no committed recipe
+        return SurrogateBlackbox(surrogate_file=None, table_file=Path(path))
     if kind == "tabular":
         return TabularBlackbox(CurveTable(Path(path) if path else TABLE_FILE).main_rows())
     return SurrogateBlackbox(table_file=Path(path) if path else TABLE_FILE)

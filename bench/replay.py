@@ -246,7 +246,8 @@ def hyperband(spec):
 
 def run_strategy(name: str, index: int, budget_s: float | None, setting: dict[str, Any], concurrency: int,
                  startup: int | None = None, num_samples: int | None = None,
-                 searcher_class: type | None = None, quiet: bool = True) -> dict[str, Any]:  # fmt: skip
+                 searcher_class: type | None = None, quiet: bool = True, keep_events: bool = False,
+                 tpe_history: int | None = None) -> dict[str, Any]:  # fmt: skip
     """Seed `index` of one strategy through ecgtune's driver; the events in the order the driver saw them."""
     import ecgtune.search as driver
 
@@ -260,6 +261,11 @@ def run_strategy(name: str, index: int, budget_s: float | None, setting: dict[st
 
         def sweep_of(strategy: str, seed: int, experiment: str):
             spec = strategy_spec(strategy, seed, setting, concurrency, startup)
+            if tpe_history is not None:
+                searcher = spec.search.searcher.model_copy(update={"tpe_history": tpe_history})
+                spec = spec.model_copy(
+                    update={"search": spec.search.model_copy(update={"searcher": searcher})}
+                )
             if num_samples is not None:
                 spec = spec.model_copy(
                     update={"search": spec.search.model_copy(update={"num_samples": num_samples})}
@@ -302,6 +308,7 @@ def run_strategy(name: str, index: int, budget_s: float | None, setting: dict[st
         "budget_s": budget_s,
         "wall_s": wall,
         **trace(stop.events),
+        **({"events": stop.events} if keep_events else {}),
         "optuna_states": searcher.study_states() if searcher is not None else None,
         "sharing": searcher.sharing_summary() if hasattr(searcher, "sharing_summary") else None,
     }
@@ -363,8 +370,9 @@ def full_trial_seconds(kind: str = "surrogate", table: str | None = None, sample
 # --------------------------------------------------------------------------------------- commands
 
 
-def results_file(name: str, budget_fte: float, startup: str) -> Path:
-    return RESULTS_DIR / f"{name}@{budget_fte:g}fte{'-startup-' + startup if startup != 'spec' else ''}.jsonl"
+def results_file(name: str, budget_fte: float, tag: str = "") -> Path:
+    """`<strategy>@<budget>fte[-<tag>].jsonl`: one file per strategy, budget and blackbox."""
+    return RESULTS_DIR / f"{name}@{budget_fte:g}fte{'-' + tag if tag else ''}.jsonl"
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -381,7 +389,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     for index, name in work:
         base, _ = parse_strategy(name)
         scaled = STRATEGIES[base].get("startup") == "scaled"
-        out = results_file(name, args.budget_fte, "scaled" if scaled else "spec")
+        out = results_file(name, args.budget_fte, args.tag)
         if index in _done(out):
             continue
         if not ray_started:
@@ -448,9 +456,10 @@ def main() -> None:
     r.add_argument("--mean-trial-fte", type=float, default=0.6, help="for the scaled start-up")
     r.add_argument("--time-scale", type=float, default=0.3, help="wall seconds a full trial sleeps")
     r.add_argument("--concurrency", type=int, default=4)
-    r.add_argument("--blackbox", default="surrogate", choices=["surrogate", "tabular"])
+    r.add_argument("--blackbox", default="surrogate", choices=["surrogate", "surrogate-fit", "tabular"])
     r.add_argument("--table", type=Path, default=TABLE_FILE)
     r.add_argument("--jobs", type=int, default=1, help="processes, each with its own local Ray")
+    r.add_argument("--tag", default="", help="results file tag (another blackbox or table)")
     r.add_argument("--shard", type=int, default=0, help=argparse.SUPPRESS)
     r.add_argument("--shards", type=int, default=1, help=argparse.SUPPRESS)
     o = sub.add_parser("report", help="tables and plot (bench/replay_analysis.py)")
@@ -458,6 +467,9 @@ def main() -> None:
     d = sub.add_parser("driver-cost", help="driver time per trial up to --trials trials")
     d.add_argument("--trials", type=int, default=1000)
     d.add_argument("--concurrency", type=int, default=4)
+    d.add_argument(
+        "--history", type=int, help="TPE's history (default: the spec's search.searcher.tpe_history)"
+    )
     args = p.parse_args()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if args.command == "run":
@@ -469,7 +481,7 @@ def main() -> None:
     else:
         from bench.driver_cost import driver_cost
 
-        driver_cost(args.trials, args.concurrency)
+        driver_cost(args.trials, args.concurrency, args.history)
 
 
 if __name__ == "__main__":

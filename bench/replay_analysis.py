@@ -96,13 +96,15 @@ def random_equivalent(value: float, ref: Reference, budget_fte: float) -> float:
     return float(ref.grid_fte[hit[0]] / budget_fte) if len(hit) else math.inf
 
 
-def load_runs(budget_fte: float) -> dict[str, list[dict[str, Any]]]:
+def load_runs(budget_fte: float, tag: str = "") -> dict[str, list[dict[str, Any]]]:
+    """Every run at `budget_fte` with results tag `tag` ("" for the committed surrogate), by strategy."""
     runs: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for f in sorted(RESULTS_DIR.glob(f"*@{budget_fte:g}fte*.jsonl")):
+    suffix = f"@{budget_fte:g}fte{'-' + tag if tag else ''}.jsonl"
+    for f in sorted(RESULTS_DIR.glob(f"*{suffix}")):
         for line in f.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                runs[r["strategy"] + ("" if "-startup-" not in f.name else "")].append(r)
+                runs[r["strategy"]].append(r)
     return dict(runs)
 
 

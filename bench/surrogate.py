@@ -10,7 +10,13 @@ shape of recorded ones. The objective is modelled in logs (it is a positive rati
 read in the unit cube (bench/unit_cube.py), the coordinates the table was sampled in.
 
     python -m bench.surrogate validate           # held-out backbones: Spearman of final objectives
-    python -m bench.surrogate fit                # -> bench/data/surrogate.json (recipe + fingerprint)
+    python -m bench.surrogate fit --model gp     # -> bench/data/surrogate.json (recipe + fingerprint)
+    python -m bench.surrogate split              # one fold's held-out rows and the rest, as two tables
+    python -m bench.replay run --blackbox surrogate-fit --table runs/surrogate-split/train.json.gz \
+        --tag heldout-surrogate --budget-fte 24 --seeds 10 --strategies random random_asha tpe_asha ...
+    python -m bench.replay run --blackbox tabular --table runs/surrogate-split/heldout.json.gz \
+        --tag heldout-tabular --budget-fte 24 --seeds 10 --strategies (the same)
+    python -m bench.surrogate rankings           # the two rankings of the strategies, Kendall's tau
 
 The committed surrogate is its recipe (regressor, settings, seed) and a fingerprint of its predictions:
 `load_surrogate` refits it on the committed table in seconds and refuses a refit whose predictions differ
@@ -247,6 +253,60 @@ def load_surrogate(path: Path = SURROGATE_FILE, table_file: Path = TABLE_FILE) -
     return s
 
 
+def split(
+    table: CurveTable, out_dir: Path, folds: int = 5, fold: int = 0, seed: int = 0
+) -> tuple[Path, Path]:
+    """Two packed tables: the rows of fold `fold`'s backbones (held out) and the rest, the same folds as
+    `held_out`, for replaying strategies on held-out rows against a surrogate that never saw them."""
+    import gzip
+
+    rows = table.main_rows()
+    backbones = sorted({r["backbone"] for r in rows})
+    order = np.random.default_rng(seed).permutation(backbones)
+    held = {b for i, b in enumerate(order) if i % folds == fold}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, keep in (
+        ("train", lambda r: r["backbone"] not in held),
+        ("heldout", lambda r: r["backbone"] in held),
+    ):
+        data = {
+            "format": 2,
+            "planned_rows": 0,
+            "provenance": table.provenance,
+            "rows": [r for r in rows if keep(r)],
+        }
+        path = out_dir / f"{name}.json.gz"
+        with gzip.open(path, "wt") as f:
+            json.dump(data, f)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def rankings(
+    tags: tuple[str, str] = ("heldout-surrogate", "heldout-tabular"), budget_fte: float = 24
+) -> None:
+    """The strategies' ranking (median best at the budget) on the surrogate fitted without the held-out
+    rows and on the held-out rows themselves, and Kendall's tau between the two."""
+    from scipy.stats import kendalltau
+
+    from bench.replay_analysis import load_runs
+
+    medians = {}
+    for tag in tags:
+        runs = load_runs(budget_fte, tag)
+        medians[tag] = {
+            name: float(np.median([r["best_steps"][-1][1] if r["best_steps"] else np.inf for r in rs]))
+            for name, rs in runs.items()
+        }
+    names = sorted(set(medians[tags[0]]) & set(medians[tags[1]]))
+    for tag in tags:
+        order = sorted(names, key=lambda n: medians[tag][n])
+        print(f"{tag}: " + " < ".join(f"{n} ({medians[tag][n]:.3f})" for n in order))
+    tau = kendalltau([medians[tags[0]][n] for n in names], [medians[tags[1]][n] for n in names]).statistic
+    print(f"Kendall's tau between the two rankings of {len(names)} strategies: {tau:.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.surrogate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -254,12 +314,23 @@ def main() -> None:
     v = sub.add_parser("validate", help="held-out backbones, every regressor")
     v.add_argument("--table", type=Path, default=TABLE_FILE)
     v.add_argument("--models", nargs="*", default=list(RECIPES))
+    sp = sub.add_parser("split", help="held-out and training tables of one fold, for `rankings`")
+    sp.add_argument("--table", type=Path, default=TABLE_FILE)
+    sp.add_argument("--out", type=Path, default=Path("runs/surrogate-split"))
+    sub.add_parser("rankings", help="strategies ranked on held-out rows and on the surrogate without them")
     f = sub.add_parser("fit", help="fit the chosen regressor and write its recipe")
     f.add_argument("--table", type=Path, default=TABLE_FILE)
     f.add_argument("--model", default="extra_trees", choices=list(RECIPES))
     f.add_argument("--out", type=Path, default=SURROGATE_FILE)
     args = p.parse_args()
+    if args.command == "rankings":
+        rankings()
+        return
     table = CurveTable(args.table)
+    if args.command == "split":
+        for path in split(table, args.out):
+            print(f"wrote {path}")
+        return
     if args.command == "validate":
         for m in args.models:
             r = held_out(table, m)
