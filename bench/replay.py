@@ -154,7 +154,9 @@ def replay_trial(config: dict[str, Any]) -> None:
                 store.put(Backbone(claim.key, material, {"w": torch.zeros(1)}, epochs[:n_pre], None))
                 claim.release()
                 claim = None
-            if setting.get("checkpoints"):
+            # HyperBand pauses a trial only after a result at one of its milestones (fine-tuning epochs
+            # 1 and 3 here): a checkpoint there is all a paused trial needs to continue.
+            if e["finetune_epoch"] in setting.get("checkpoint_at", ()):
                 with tempfile.TemporaryDirectory() as d:
                     (Path(d) / "next.json").write_text(json.dumps({"next": i + 1}))
                     tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
@@ -235,6 +237,9 @@ def strategy_spec(
     )
 
 
+HYPERBAND_MILESTONES = (1, 3)  # HyperBand's rungs below max_t 9 with reduction factor 3
+
+
 def hyperband(spec):
     """Tune's synchronous HyperBand on the fine-tuning clock: it pauses trials between rungs."""
     from ray.tune.schedulers import HyperBandScheduler
@@ -256,7 +261,7 @@ def run_strategy(name: str, index: int, budget_s: float | None, setting: dict[st
         setting = {
             **setting,
             "store": f"{storage}/backbones",
-            "checkpoints": STRATEGIES[base].get("scheduler") == "hyperband",
+            "checkpoint_at": HYPERBAND_MILESTONES if STRATEGIES[base].get("scheduler") == "hyperband" else (),
         }
 
         def sweep_of(strategy: str, seed: int, experiment: str):

@@ -17,7 +17,7 @@ from bench.blackbox import ToyBlackbox
 from bench.replay_analysis import Reference, best_at, random_equivalent, regret
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
-SETTING = {"blackbox": "toy", "time_scale": 0.0, "checkpoints": False}
+SETTING = {"blackbox": "toy", "time_scale": 0.0, "checkpoint_at": ()}
 
 
 def replay_sweep(tmp_path, name: str, budget_s: float | None, num_samples: int):
