@@ -45,7 +45,7 @@ class Blackbox(Protocol):
 
 class SurrogateBlackbox:
     def __init__(self, surrogate_file: Path | None = SURROGATE_FILE, table_file: Path = TABLE_FILE,
-                 timing_file: Path = TIMING_FILE):  # fmt: skip
+                 timing_file: Path = TIMING_FILE, calibrated: bool = True):  # fmt: skip
         if surrogate_file is None:
             recipe = json.loads(SURROGATE_FILE.read_text())
             self.surrogate = Surrogate(CurveTable(table_file).main_rows(), recipe["model"], recipe["seed"])
@@ -58,7 +58,7 @@ class SurrogateBlackbox:
             timing_file,
             self.pretrain_epochs,
             self.finetune_epochs,
-            table_finetune_fraction(),
+            table_finetune_fraction() if calibrated else None,
         )
 
     def curve(self, config: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -143,11 +143,14 @@ class ToyBlackbox:
 @functools.cache
 def load_blackbox(kind: str = "surrogate", path: str | None = None) -> Blackbox:
     """The blackbox a replay uses, once per process: the committed surrogate, ("tabular", table) the
-    rows of a packed table, or "toy" (tests)."""
+    rows of a packed table, "surrogate-proportional" (the surrogate with stage costs in proportion to the
+    shipped sweep's ECG counts, uncalibrated), or "toy" (tests)."""
     if kind == "toy":
         return ToyBlackbox()
     if kind == "surrogate-fit":  # fitted afresh on `path` (a subset of the table), no committed recipe
         return SurrogateBlackbox(surrogate_file=None, table_file=Path(path))
     if kind == "tabular":
         return TabularBlackbox(CurveTable(Path(path) if path else TABLE_FILE).main_rows())
+    if kind == "surrogate-proportional":  # pretraining charged in proportion, not to the shipped share
+        return SurrogateBlackbox(table_file=Path(path) if path else TABLE_FILE, calibrated=False)
     return SurrogateBlackbox(table_file=Path(path) if path else TABLE_FILE)

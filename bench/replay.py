@@ -461,7 +461,11 @@ def main() -> None:
     r.add_argument("--mean-trial-fte", type=float, default=0.6, help="for the scaled start-up")
     r.add_argument("--time-scale", type=float, default=0.3, help="wall seconds a full trial sleeps")
     r.add_argument("--concurrency", type=int, default=4)
-    r.add_argument("--blackbox", default="surrogate", choices=["surrogate", "surrogate-fit", "tabular"])
+    r.add_argument(
+        "--blackbox",
+        default="surrogate",
+        choices=["surrogate", "surrogate-proportional", "surrogate-fit", "tabular"],
+    )
     r.add_argument("--table", type=Path, default=TABLE_FILE)
     r.add_argument("--jobs", type=int, default=1, help="processes, each with its own local Ray")
     r.add_argument("--tag", default="", help="results file tag (another blackbox or table)")
@@ -469,6 +473,8 @@ def main() -> None:
     r.add_argument("--shards", type=int, default=1, help=argparse.SUPPRESS)
     o = sub.add_parser("report", help="tables and plot (bench/replay_analysis.py)")
     o.add_argument("--budget-fte", type=float, default=96.0)
+    o.add_argument("--tag", default="", help="results tag (e.g. proportional)")
+    o.add_argument("--blackbox", default="surrogate", help="the blackbox the tagged runs used")
     d = sub.add_parser("driver-cost", help="driver time per trial up to --trials trials")
     d.add_argument("--trials", type=int, default=1000)
     d.add_argument("--concurrency", type=int, default=4)
@@ -482,7 +488,7 @@ def main() -> None:
     elif args.command == "report":
         from bench.replay_analysis import report
 
-        report(args.budget_fte)
+        report(args.budget_fte, args.tag, args.blackbox)
     else:
         from bench.driver_cost import driver_cost
 

@@ -44,7 +44,9 @@ class Reference:
     random_best: np.ndarray  # (runs, grid): best full-fidelity objective of random search after c
 
 
-def reference(budget_fte: float, reach: float = 8.0, runs: int = 4000, seed: int = 0) -> Reference:
+def reference(
+    budget_fte: float, reach: float = 8.0, runs: int = 4000, seed: int = 0, kind: str = "surrogate"
+) -> Reference:
     from scipy.stats import qmc
 
     from bench.blackbox import load_blackbox
@@ -52,7 +54,7 @@ def reference(budget_fte: float, reach: float = 8.0, runs: int = 4000, seed: int
     from bench.replay import full_trial_seconds
     from bench.unit_cube import cube_keys, decode
 
-    bb = load_blackbox("surrogate")
+    bb = load_blackbox(kind)
     space = load_space_spec().search.space
     keys = cube_keys(space)
     points = qmc.Sobol(len(keys), scramble=True, seed=seed).random_base2(16)
@@ -60,7 +62,7 @@ def reference(budget_fte: float, reach: float = 8.0, runs: int = 4000, seed: int
     finals = bb.final_objectives(configs)
     recorded = [r["config"] for r in bb.surrogate.rows]
     f_star = float(min(finals.min(), bb.final_objectives(recorded).min()))
-    fte = full_trial_seconds()
+    fte = full_trial_seconds(kind)
     cost = np.array([bb.costs(c).full_trial(bb.pretrain_epochs, bb.finetune_epochs) for c in configs]) / fte
     grid = np.linspace(0, budget_fte * reach, int(GRID * reach) + 1)
     rng = np.random.default_rng(seed)
@@ -197,18 +199,18 @@ def _rank(values: Sequence[float]) -> list[float]:
     return list(rankdata(values, method="average"))
 
 
-def report(budget_fte: float) -> dict[str, Any]:
-    runs = load_runs(budget_fte)
+def report(budget_fte: float, tag: str = "", kind: str = "surrogate") -> dict[str, Any]:
+    runs = load_runs(budget_fte, tag)
     if not runs:
-        raise SystemExit(f"no replay results for {budget_fte:g} FTE in {RESULTS_DIR}")
-    ref = reference(budget_fte)
+        raise SystemExit(f"no replay results for {budget_fte:g} FTE (tag {tag!r}) in {RESULTS_DIR}")
+    ref = reference(budget_fte, kind=kind)
     result = analyse(runs, ref, budget_fte)
     seeds = min(s["seeds"] for s in result["strategies"].values())
     result["power"] = {str(n): power(ref, budget_fte, n) for n in sorted({10, 30, seeds})}
-    out = RESULTS_DIR / f"analysis@{budget_fte:g}fte.json"
+    out = RESULTS_DIR / f"analysis@{budget_fte:g}fte{'-' + tag if tag else ''}.json"
     out.write_text(json.dumps(result, indent=1, default=float))
     print(markdown(result, budget_fte))
-    plot(runs, ref, budget_fte)
+    plot(runs, ref, budget_fte, PLOT if not tag else PLOT.with_name(f"{PLOT.stem}-{tag}.png"))
     return result
 
 
