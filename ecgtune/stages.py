@@ -93,9 +93,11 @@ class TwoStageRun:
 
     @property
     def epochs_done(self) -> int:
-        if self.stage == "pretrain":
-            return self.trainer.epoch
-        return self.pretrain_epochs - len(self._replay) + self.trainer.epoch
+        """Epochs reported or to be reported as done: reused pretraining epochs count once replayed."""
+        trained = (
+            self.trainer.epoch if self.stage == "pretrain" else self.pretrain_epochs + self.trainer.epoch
+        )
+        return trained - len(self._replay)
 
     @property
     def done(self) -> bool:
@@ -168,7 +170,11 @@ class TwoStageRun:
             "sweep": backbone.provenance.get("sweep"),
             "seconds": backbone.pretrain_seconds,
         }
-        self._start_finetuning(backbone.weights)
+        if self.finetune_epochs:
+            self._start_finetuning(backbone.weights)
+        else:  # a pretraining-only run: the stored backbone is its model, pretrained through every epoch
+            self.model.load_state_dict(backbone.weights)
+            self.trainer.epoch = self.pretrain_epochs
 
     def step(self) -> dict[str, Any]:
         """Train one epoch of the current stage and return the metrics of that epoch."""
@@ -209,8 +215,13 @@ class TwoStageRun:
         metrics["epoch_seconds"] = time.perf_counter() - started
         if stage == "pretrain":
             self.pretrain_history.append(dict(metrics))
-            if self.trainer.epoch >= self.pretrain_epochs and not self.done:
-                self._switch()
+            if self.trainer.epoch >= self.pretrain_epochs and not self.diverged:
+                if self.done:  # a pretraining-only run: its backbone is what it trained
+                    self.pretrained = {
+                        k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+                    }
+                else:
+                    self._switch()
         return metrics
 
     def _switch(self) -> None:

@@ -226,3 +226,25 @@ def test_backbones_ls_and_rm(stores, tmp_path, capsys):
     assert "not a backbone store" in err and "no entry '0123456789abcdef'" in err
     assert main(["backbones", "rm", str(store.uri), s1.key]) == 0
     assert not store.has(s1.key) and store.has(s2.key)
+
+
+def test_a_pretraining_only_run_shares_its_backbone_both_ways(stores, tmp_path):
+    """paper.yaml's DeepFake-only variants pretrain what its transfer variants pretrain (one key)."""
+    store = BackboneStore(tmp_path / "bb")
+    only = make_spec(stores).model_copy(
+        update={
+            "stages": make_spec(stores).stages.model_copy(
+                update={"finetune": make_spec(stores).stages.finetune.model_copy(update={"epochs": 0})}
+            )
+        }
+    )
+    run, results, shared = train(only, store, "pretrain-only")
+    assert shared.origin == "pretrained" and store.has(shared.key) and len(results) == 2
+    full, full_results, s2 = train(make_spec(stores), store, "transfer")
+    assert s2.origin == "reused" and s2.key == shared.key
+    again, again_results, s3 = train(only, store, "pretrain-only-again")
+    assert s3.origin == "reused" and [r["epoch"] for r in again_results] == [1, 2]
+    assert all(
+        torch.equal(run.model.state_dict()[k], again.model.state_dict()[k]) for k in run.model.state_dict()
+    )
+    assert all(same_numbers(a, b) for a, b in zip(results, again_results, strict=True))
