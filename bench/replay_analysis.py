@@ -113,6 +113,7 @@ def load_runs(budget_fte: float, tag: str = "") -> dict[str, list[dict[str, Any]
 def analyse(runs: dict[str, list[dict[str, Any]]], ref: Reference, budget_fte: float,
             at: Sequence[float] = (24, 48, 96)) -> dict[str, Any]:  # fmt: skip
     """Per strategy: best and regret at each budget, AUC, random-equivalent budget, the goal."""
+    at = [b for b in at if b <= budget_fte]
     random_final = ref.random_best[:, np.searchsorted(ref.grid_fte, budget_fte)]
     target = float(np.median(random_final))
     out: dict[str, Any] = {
@@ -219,7 +220,8 @@ def markdown(result: dict[str, Any], budget_fte: float) -> str:
         f"f* {result['f_star']:.4f}, median configuration {result['f_median']:.4f}, random search's median "
         f"final best at {budget_fte:g} FTE (Monte Carlo) {result['random_target']:.4f}",
         "",
-        "| strategy | seeds | best at 24 / 48 / 96 FTE (median) | regret at 96, median (IQR) | AUC, median "
+        f"| strategy | seeds | best at 24 / 48 / 96 FTE (median) | regret at {budget_fte:g}, median (IQR) "
+        "| AUC, median "
         "(IQR) | random-equivalent budget | compute to reach random's median (IQR) | <= 25% in | mean rank "
         "| pretraining share | trials (reusing) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -227,7 +229,7 @@ def markdown(result: dict[str, Any], budget_fte: float) -> str:
     for name, s in sorted(result["strategies"].items(), key=lambda kv: kv[1]["auc"]["median"]):
         b = " / ".join(f"{s['best_at'][k]['median']:.3f}" for k in ("24", "48", "96") if k in s["best_at"])
         reg, auc, reb, reach = (
-            s["regret_at"].get("96", {}),
+            s["regret_at"].get(f"{budget_fte:g}", {}),
             s["auc"],
             s["random_equivalent"],
             s["reach_random_median"],
