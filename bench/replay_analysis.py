@@ -45,7 +45,7 @@ class Reference:
 
 
 def reference(
-    budget_fte: float, reach: float = 8.0, runs: int = 4000, seed: int = 0, kind: str = "surrogate"
+    budget_fte: float, reach: float = 32.0, runs: int = 4000, seed: int = 0, kind: str = "surrogate"
 ) -> Reference:
     from scipy.stats import qmc
 
@@ -257,7 +257,7 @@ def markdown(result: dict[str, Any], budget_fte: float) -> str:
 
 
 def _x(v: float) -> str:
-    return "beyond 8x" if math.isinf(v) else f"{v:.2f}x"
+    return "beyond 32x" if math.isinf(v) else f"{v:.2f}x"
 
 
 def _pct(v: float) -> str:

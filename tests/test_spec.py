@@ -67,7 +67,7 @@ def test_smoke_sweep_is_small_and_on_demo_data() -> None:
     assert spec.stages.pretrain.samples_per_epoch is None and spec.stages.finetune.samples_per_epoch == 880
     assert spec.search.space["model.stem_widths.1"].same_as == "model.block_widths.1"
     # The demo's promise: its sweep shows reuse, and its time is bounded whatever TPE samples.
-    assert spec.search.backbones is not None and spec.search.time_budget_s == 240
+    assert spec.search.backbones is not None and spec.search.time_budget_s == 200
 
 
 def test_paper_variants_are_the_seven_experiments() -> None:
