@@ -33,6 +33,10 @@ def asha_clock(asha: ASHASpec | None) -> str:
     return "finetune_epoch" if asha is not None and asha.clock == "finetune" else TRAINING_ITERATION
 
 
+# User attribute of an Optuna trial asked by a driver that was killed before Tune saved the searcher.
+ORPHAN_ATTR = "asked_before_interruption"
+
+
 class PruneAwareOptunaSearch(OptunaSearch):
     """OptunaSearch that tells TPE what ASHA saw, on ASHA's clock.
 
@@ -64,7 +68,13 @@ class PruneAwareOptunaSearch(OptunaSearch):
         self.told: Counter[str] = Counter()
         self._last_step: dict[str, int] = {}  # per trial, the last step reported to Optuna
 
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._orphans_checked = False
+
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if not getattr(self, "_orphans_checked", True):
+            self.fail_orphans()
         config = super().suggest(trial_id)
         if trial_id in self._ot_trials:  # the Tune trial id on the Optuna trial: optuna-dashboard shows it
             self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
@@ -108,6 +118,24 @@ class PruneAwareOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot_trial, state=states.PRUNED)
         self._completed_trials.add(trial_id)
         self.told[status] += 1
+
+    def fail_orphans(self) -> list[int]:
+        """Tell FAIL every Optuna trial left RUNNING that no Tune trial owns, and return their numbers.
+
+        The study lives in a storage (`ecgtune.study`) that a killed driver kept writing after Tune last
+        saved this searcher: a trial asked in between is in the study but not in the restored
+        `_ot_trials`, and Tune suggests it again under a new trial. Left RUNNING, TPE would count it
+        forever and optuna-dashboard would show it running. Called on the first suggestion after a
+        restore (not in `restore` itself: `saved_searcher` restores a live sweep's searcher to read it)."""
+        self._orphans_checked = True
+        owned = {t.number for t in self._ot_trials.values()}
+        running = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        orphans = [t for t in running if t.number not in owned]
+        for frozen in orphans:
+            # Marked, so optuna-dashboard and the summary say why a trial failed that no Tune trial ran.
+            optuna.trial.Trial(self._ot_study, frozen._trial_id).set_user_attr(ORPHAN_ATTR, True)
+            self._ot_study.tell(frozen.number, state=optuna.trial.TrialState.FAIL)
+        return [t.number for t in orphans]
 
     def add_earlier_trials(self, trials: list, run: str) -> None:
         """Trials of an earlier, compatible sweep (`ecgtune.warm_start`), as its TPE saw them: TPE learns

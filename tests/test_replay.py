@@ -88,8 +88,10 @@ def test_best_so_far_counts_full_fidelity_trials_against_compute():
 
 def test_regret_and_random_equivalent_budget():
     grid = np.linspace(0, 8, 9)
-    ref = Reference(f_star=1.0, f_median=2.0, grid_fte=grid, random_best=np.array([2.0 - 0.1 * grid] * 3))
+    ref = Reference(f_star=1.0, f_median=2.0, grid_fte=grid, random_best=np.array([2.0 - 0.125 * grid] * 3))
     assert list(regret(np.array([np.inf, 2.0, 1.5, 1.0, 0.9]), ref)) == [1.0, 1.0, 0.5, 0.0, 0.0]
-    # Random search's expected best reaches 1.6 at 4 FTE: a run at budget 2 that reached it is worth 2x.
-    assert random_equivalent(1.6, ref, budget_fte=2.0) == pytest.approx(2.0)
+    # Random search's expected best reaches 1.5 at 4 FTE: a run at budget 2 that reached it is worth 2x.
+    # (Steps of 1/8 keep every value exact in binary, so the mean of equal curves is that curve.)
+    assert random_equivalent(1.5, ref, budget_fte=2.0) == pytest.approx(2.0)
+    assert random_equivalent(1.49, ref, budget_fte=2.0) == pytest.approx(2.5)
     assert random_equivalent(0.5, ref, budget_fte=2.0) == math.inf

@@ -205,6 +205,41 @@ def test_save_restore_keeps_clock_steps_and_counts(tmp_path):
     assert restored.study_states() == {"pruned": 2}
 
 
+def test_a_trial_asked_after_the_last_save_is_failed_on_the_first_suggestion_after_restore(tmp_path):
+    """A killed driver asked Optuna for a trial after Tune last saved the searcher: the study (in its
+    journal) holds it RUNNING, no Tune trial owns it. The resumed searcher fails it, marked, on its first
+    suggestion; merely restoring (as `saved_searcher` does to read a live sweep) leaves the study alone."""
+    from optuna.storages.journal import JournalFileBackend
+
+    from ecgtune.searchers import ORPHAN_ATTR
+
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(tmp_path / "optuna.journal")))
+    s = PruneAwareOptunaSearch(
+        space=space, metric="objective", mode="min", sampler=optuna.samplers.RandomSampler(seed=0),
+        clock="finetune_epoch", storage=storage, study_name="sweep",
+    )  # fmt: skip
+    s.suggest("a")
+    s.save(str(tmp_path / "searcher.pkl"))
+    s.suggest("lost")  # asked, then the driver is killed before the next save
+    lost = s._ot_trials["lost"].number
+
+    def states(searcher):
+        return {t.number: t.state.name for t in searcher._ot_study.get_trials(deepcopy=False)}
+
+    reader = PruneAwareOptunaSearch()
+    reader.restore(str(tmp_path / "searcher.pkl"))
+    assert states(reader)[lost] == "RUNNING"
+
+    resumed = PruneAwareOptunaSearch()
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.suggest("b")
+    after = states(resumed)
+    assert after[lost] == "FAIL" and resumed._ot_study.trials[lost].user_attrs[ORPHAN_ATTR] is True
+    # The trials Tune owns are untouched.
+    assert after[resumed._ot_trials["a"].number] == after[resumed._ot_trials["b"].number] == "RUNNING"
+    assert resumed.fail_orphans() == []
+
+
 # ------------------------------------------------------------------------------------ ASHA
 
 
