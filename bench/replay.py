@@ -12,7 +12,7 @@ pays the entry's load instead; one that waited for another trial's pretraining p
 A run stops when its budget of compute seconds is spent. Budgets are given in full-trial equivalents
 (FTE): the mean cost of one trial trained through every epoch of both stages, over the space.
 
-    python -m bench.replay run --seeds 30 --budget-fte 96        # resumable; appends to bench/results/replay/
+    python -m bench.replay run --seeds 30 --budget-fte 96        # resumable; appends to bench/data/replay/
     python -m bench.replay run --strategies tpe_asha tpe_asha+share --seeds 30
     python -m bench.replay report                                # tables and plot (bench/replay_analysis.py)
     python -m bench.replay driver-cost --trials 5000             # driver time per trial as trials grow
@@ -47,7 +47,7 @@ RESULTS_DIR = REPO / "bench" / "data" / "replay"  # committed: one compact line 
 REPLAY_KEY = "replay"  # the spec's `origin` entry that tells the replay trainable what to replay
 SHARE = {"trials_per_backbone": 4, "pick": "best", "top_fraction": 0.5}  # the shipped design
 # name -> how it differs from the table's spec (bench/curve_table.yaml: TPE, 8 start-up trials, ASHA on
-# fine-tuning epochs with rungs 1, 3, 9, 4 trials at a time). "+share" in a name adds backbone sharing.
+# fine-tuning epochs with rungs 3 and 9, 4 trials at a time). "+share" in a name adds backbone sharing.
 STRATEGIES: dict[str, dict[str, Any]] = {
     "random": {"algorithm": "random", "asha": None},
     "random_asha": {"algorithm": "random"},
