@@ -7,7 +7,7 @@ every second of wall time is the driver's or Ray's. The first result of each tri
 started; the wall time between the starts of trials i and i + 100 over 100 is the driver's time per trial
 at that size. TPE's suggestion time is timed inside the searcher.
 
-    python -m bench.replay driver-cost --trials 5000      # -> bench/results/driver_cost.json
+    python -m bench.replay driver-cost --trials 5000      # -> bench/data/driver_cost.json
     python -m bench.replay driver-cost --trials 5000 --history 100000   # TPE reading every trial
 """
 
@@ -23,7 +23,8 @@ import numpy as np
 from ecgtune.backbone_search import BackboneSharingSearch
 
 REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "bench" / "results" / "driver_cost.json"
+# Committed; `--history N` writes driver_cost-history<N>.json beside it.
+OUT = REPO / "bench" / "data" / "driver_cost.json"
 SUGGEST_SECONDS: list[float] = []  # in the driver process
 
 
@@ -71,6 +72,8 @@ def driver_cost(trials: int, concurrency: int, history: int | None = None, out: 
         "suggest_total_s": float(sum(SUGGEST_SECONDS)),
         "blocks": blocks,
     }
+    if history is not None and out == OUT:
+        out = OUT.with_name(f"driver_cost-history{history}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     for b in blocks[:: max(1, len(blocks) // 20)]:

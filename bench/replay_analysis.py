@@ -151,6 +151,7 @@ def analyse(runs: dict[str, list[dict[str, Any]]], ref: Reference, budget_fte: f
             "trials": _quartiles([r["trials"] for r in rs]),
             "reusing_trials": _quartiles([r["reusing_trials"] for r in rs]),
             "wall_s": _quartiles([r["wall_s"] for r in rs]),
+            "per_seed": {"auc": list(reg.mean(axis=1)), "reach": reach, "final": list(finals)},
         }
     names = list(runs)
     mean_rank = defaultdict(list)
@@ -162,6 +163,32 @@ def analyse(runs: dict[str, list[dict[str, Any]]], ref: Reference, budget_fte: f
             mean_rank[n].append(rk)
     for n in names:
         out["strategies"][n]["mean_rank"] = float(np.mean(mean_rank[n])) if mean_rank[n] else None
+    return out
+
+
+def comparisons(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each strategy against its variant with sharing (`X` vs `X+share...`) and with a warm start (`X` vs
+    `X+warm`): two-sided Mann-Whitney p-values on the per-seed AUC, compute to reach random search's
+    median (not reached ranks last) and final best. Seeds are independent, so the test is unpaired."""
+    from scipy.stats import mannwhitneyu
+
+    strategies = result["strategies"]
+    out = []
+    for a in sorted(strategies):
+        for b in sorted(strategies):
+            base_b = b.removesuffix("+warm")
+            pair = (b.startswith(a + "+share") and "+warm" not in b) or (b.endswith("+warm") and base_b == a)
+            if not pair:
+                continue
+            row: dict[str, Any] = {"a": a, "b": b}
+            for measure in ("auc", "reach", "final"):
+                x, y = (np.nan_to_num(strategies[n]["per_seed"][measure], posinf=1e9) for n in (a, b))
+                row[measure] = {
+                    "median_a": float(np.median(x)),
+                    "median_b": float(np.median(y)),
+                    "p": float(mannwhitneyu(x, y, alternative="two-sided").pvalue),
+                }
+            out.append(row)
     return out
 
 
@@ -208,6 +235,7 @@ def report(budget_fte: float, tag: str = "", kind: str = "surrogate") -> dict[st
     result = analyse(runs, ref, budget_fte)
     seeds = min(s["seeds"] for s in result["strategies"].values())
     result["power"] = {str(n): power(ref, budget_fte, n) for n in sorted({10, 30, seeds})}
+    result["comparisons"] = comparisons(result)
     out = RESULTS_DIR / f"analysis@{budget_fte:g}fte{'-' + tag if tag else ''}.json"
     out.write_text(json.dumps(result, indent=1, default=float))
     print(markdown(result, budget_fte))
@@ -243,6 +271,15 @@ def markdown(result: dict[str, Any], budget_fte: float) -> str:
             f"{s['mean_rank']:.2f} | {100 * s['pretrain_share']['median']:.0f}% | "
             f"{s['trials']['median']:.0f} ({s['reusing_trials']['median']:.0f}) |"
         )
+    if result.get("comparisons"):
+        lines += ["", "| a | b | AUC a / b (p) | compute to reach a / b (p) | final best a / b (p) |",
+                  "|---|---|---|---|---|"]  # fmt: skip
+        for c in result["comparisons"]:
+            cells = [
+                f"{_fmt(m, c[m]['median_a'])} / {_fmt(m, c[m]['median_b'])} ({c[m]['p']:.3f})"
+                for m in ("auc", "reach", "final")
+            ]
+            lines.append(f"| {c['a']} | {c['b']} | " + " | ".join(cells) + " |")
     if "power" in result:
         lines.append("")
         lines.append(
@@ -254,6 +291,10 @@ def markdown(result: dict[str, Any], budget_fte: float) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def _fmt(measure: str, v: float) -> str:
+    return _pct(math.inf if v >= 1e9 else v) if measure == "reach" else f"{v:.3f}"
 
 
 def _x(v: float) -> str:
