@@ -263,8 +263,9 @@ def build(work: Path, workers: int, max_jobs: int | None) -> None:
 def verify(work: Path, n: int, seed: int) -> float:
     """Retrain `n` recorded rows from scratch (no backbone store, today's code) and print the largest
     difference in any objective, MAE or training loss: 0 means the table is reproducible, reused
-    backbones included."""
-    rows = read_rows(work)
+    backbones included. Reads the rows of `work`, or, on a clone that has not built the table, the
+    committed one."""
+    rows = read_rows(work) or json.loads(gzip.decompress(TABLE_FILE.read_bytes()))["rows"]
     by_id = {r.id: r for job in design(load_space_spec().search.space) for r in job}
     base_json, commit = _base_json(load_space_spec()), git_commit()
     worst_all = 0.0
