@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bench.cost_model import asha_mean_epochs, shipped_scale
 
-OUT = Path(__file__).resolve().parents[1] / "bench" / "results" / "shipped_share.json"
+OUT = Path(__file__).resolve().parents[1] / "bench" / "data" / "shipped_share.json"  # committed
 # A network in the middle of each space (the searched values' geometric middle, rounded to a choice).
 MIDDLE = {
     "resnet_widths": {"model.stem_widths.0": 64, "model.block_widths.0": 90, "model.block_widths.1": 64,
