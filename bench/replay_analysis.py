@@ -183,9 +183,9 @@ def comparisons(result: dict[str, Any]) -> list[dict[str, Any]]:
             row: dict[str, Any] = {"a": a, "b": b}
             for measure in ("auc", "reach", "final"):
                 x, y = (np.nan_to_num(strategies[n]["per_seed"][measure], posinf=1e9) for n in (a, b))
-                row[measure] = {
-                    "median_a": float(np.median(x)),
-                    "median_b": float(np.median(y)),
+                row[measure] = {  # a seed's value (not a mean of two): "not reached" stays readable
+                    "median_a": _quartiles(x)["median"],
+                    "median_b": _quartiles(y)["median"],
                     "p": float(mannwhitneyu(x, y, alternative="two-sided").pvalue),
                 }
             out.append(row)
