@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ecgtune.backbones import BackboneStore, Claim, ClaimTiming, acquire, backbone_key
 
-OUT = Path(__file__).resolve().parents[1] / "bench" / "results" / "claim_takeover.json"
+OUT = Path(__file__).resolve().parents[1] / "bench" / "data" / "claim_takeover.json"  # committed
 MATERIAL = {"format": 1, "model": {"family": "toy"}, "seed": 0}
 HOLDER = textwrap.dedent(
     """
