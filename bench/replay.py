@@ -386,6 +386,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.jobs > 1:
         _run_in_processes(args)
         return
+    args.table = args.table.resolve()  # Ray's workers run in directories of their own
     fte = full_trial_seconds(args.blackbox, str(args.table))
     setting = {"blackbox": args.blackbox, "table": str(args.table), "time_scale": args.time_scale / fte}
     work = [(index, name) for index in range(args.seeds) for name in args.strategies]
