@@ -239,7 +239,8 @@ def report(budget_fte: float, tag: str = "", kind: str = "surrogate") -> dict[st
     out = RESULTS_DIR / f"analysis@{budget_fte:g}fte{'-' + tag if tag else ''}.json"
     out.write_text(json.dumps(result, indent=1, default=float))
     print(markdown(result, budget_fte))
-    plot(runs, ref, budget_fte, PLOT if not tag else PLOT.with_name(f"{PLOT.stem}-{tag}.png"))
+    suffix = (f"-{tag}" if tag else "") + ("" if budget_fte == 96 else f"-{budget_fte:g}fte")
+    plot(runs, ref, budget_fte, PLOT.with_name(f"{PLOT.stem}{suffix}.png"))
     return result
 
 
