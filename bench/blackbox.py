@@ -22,7 +22,7 @@ import numpy as np
 
 from bench.cost_model import TIMING_FILE, CostModel, StageCosts, asha_mean_epochs, shipped_scale
 from bench.curve_table import TABLE_FILE, CurveTable, load_space_spec
-from bench.surrogate import METRICS, SURROGATE_FILE, Surrogate, load_surrogate, usable
+from bench.surrogate import METRICS, SURROGATE_FILE, fit_on, load_surrogate, usable
 from bench.unit_cube import cube_keys, encode
 
 
@@ -48,7 +48,7 @@ class SurrogateBlackbox:
                  timing_file: Path = TIMING_FILE, calibrated: bool = True):  # fmt: skip
         if surrogate_file is None:
             recipe = json.loads(SURROGATE_FILE.read_text())
-            self.surrogate = Surrogate(CurveTable(table_file).main_rows(), recipe["model"], recipe["seed"])
+            self.surrogate = fit_on(table_file, recipe["model"], recipe["seed"])
         else:
             self.surrogate = load_surrogate(surrogate_file, table_file)
         self.pretrain_epochs = self.surrogate.pretrain_epochs

@@ -253,6 +253,26 @@ def load_surrogate(path: Path = SURROGATE_FILE, table_file: Path = TABLE_FILE) -
     return s
 
 
+def fit_on(table_file: Path, model: str, seed: int) -> Surrogate:
+    """A surrogate fitted afresh on another table (a held-out split's training rows), once per machine:
+    every Ray worker of a replay loads it, so the fit is cached beside the committed surrogate's."""
+    import pickle
+
+    table_sum = hashlib.sha256(Path(table_file).read_bytes()).hexdigest()[:12]
+    cache = CACHE_DIR / f"fit-{model}-{seed}-{table_sum}.pkl"
+    if cache.is_file():
+        try:
+            return pickle.loads(cache.read_bytes())
+        except Exception:  # a cache from another scikit-learn: refit
+            pass
+    s = Surrogate(CurveTable(table_file).main_rows(), model, seed)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(pickle.dumps(s))
+    tmp.replace(cache)
+    return s
+
+
 def split(
     table: CurveTable, out_dir: Path, folds: int = 5, fold: int = 0, seed: int = 0
 ) -> tuple[Path, Path]:
