@@ -191,8 +191,11 @@ class SearcherSpec(Strict):
     n_startup_trials: int = Field(4, ge=0)
     multivariate: bool = False  # tpe only: model the keys jointly (Optuna's multivariate TPE)
     # tpe only: the most trials TPE reads per suggestion (the best half and the newest half beyond it),
-    # so a sweep of thousands of trials suggests as fast as one of hundreds (ecgtune.bounded_tpe).
-    tpe_history: int = Field(1000, ge=50)
+    # so a sweep of thousands of trials suggests as fast as one of hundreds (ecgtune.bounded_tpe). 250:
+    # with 1,000, TPE still took 68% of the driver's time and up to 1.3 s per suggestion of 10
+    # parameters (py-spy on `bench.replay driver-cost`, docs/benchmarks.md part 4); TPE's good group
+    # (at most 25 trials) is always inside the view.
+    tpe_history: int = Field(250, ge=50)
 
 
 class BackboneSharingSpec(Strict):
