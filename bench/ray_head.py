@@ -9,6 +9,7 @@ temp dir, never `ray stop` (which kills every Ray process of the user on the hos
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -24,9 +25,18 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports on 127.0.0.1. All n sockets are held open while the kernel picks, so no
+    port comes back twice (picked one at a time, two of a head's components once got the same port and
+    `ray start` refused it)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 @dataclass
@@ -63,15 +73,15 @@ def start_head(num_cpus: int = 2, extra_env: dict[str, str] | None = None) -> He
         **(extra_env or {}),
     }
     env.pop("RAY_ADDRESS", None)
-    gcs_port, dashboard_port = free_port(), free_port()
+    gcs_port, dashboard_port, agent, agent_grpc, metrics, runtime_env, client = free_ports(7)
     head = Head(temp, f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dashboard_port}", token_file, env)
     cmd = [
         "start", "--head", f"--port={gcs_port}", f"--dashboard-port={dashboard_port}",
         "--dashboard-host=127.0.0.1", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
         f"--temp-dir={temp}", "--disable-usage-stats", "--include-dashboard=true",
-        f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-        f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}",
-        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+        f"--ray-client-server-port={client}",
     ]  # fmt: skip
     try:
         head.ray(*cmd)
