@@ -153,7 +153,10 @@ def analyse(runs: dict[str, list[dict[str, Any]]], ref: Reference, budget_fte: f
             "wall_s": _quartiles([r["wall_s"] for r in rs]),
             "per_seed": {"auc": list(reg.mean(axis=1)), "reach": reach, "final": list(finals)},
         }
-    names = list(runs)
+    # Ranked among the strategies with the most seeds only, so that adding a strategy run with fewer
+    # seeds (a variant) leaves the others' ranks as they were; the variant's own rank is not given.
+    most = max(len(rs) for rs in runs.values())
+    names = [n for n, rs in runs.items() if len(rs) == most]
     mean_rank = defaultdict(list)
     for by_name in ranks.values():
         if len(by_name) < len(names):
@@ -161,7 +164,7 @@ def analyse(runs: dict[str, list[dict[str, Any]]], ref: Reference, budget_fte: f
         order = _rank([by_name[n] for n in names])
         for n, rk in zip(names, order, strict=True):
             mean_rank[n].append(rk)
-    for n in names:
+    for n in runs:
         out["strategies"][n]["mean_rank"] = float(np.mean(mean_rank[n])) if mean_rank[n] else None
     return out
 
@@ -269,7 +272,7 @@ def markdown(result: dict[str, Any], budget_fte: float) -> str:
             f"{reg.get('q75', math.nan):.3f}) | {auc['median']:.3f} ({auc['q25']:.3f}-{auc['q75']:.3f}) | "
             f"{_x(reb['median'])} ({_x(reb['q25'])}-{_x(reb['q75'])}) | {_pct(reach['median'])} "
             f"({_pct(reach['q25'])}-{_pct(reach['q75'])}) | {100 * reach['le_25pct']:.0f}% | "
-            f"{s['mean_rank']:.2f} | {100 * s['pretrain_share']['median']:.0f}% | "
+            f"{_rank_text(s['mean_rank'])} | {100 * s['pretrain_share']['median']:.0f}% | "
             f"{s['trials']['median']:.0f} ({s['reusing_trials']['median']:.0f}) |"
         )
     if result.get("comparisons"):
@@ -292,6 +295,10 @@ def markdown(result: dict[str, Any], budget_fte: float) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def _rank_text(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}"
 
 
 def _fmt(measure: str, v: float) -> str:
