@@ -227,24 +227,10 @@ def held_out(table: CurveTable, model: str, folds: int = 5, seed: int = 0) -> di
 def load_surrogate(path: Path = SURROGATE_FILE, table_file: Path = TABLE_FILE) -> Surrogate:
     """The committed surrogate, refitted on the committed table (seconds for the GP), or read from a local
     cache of an earlier refit; either way its predictions must match the committed fingerprint."""
-    import pickle
-
     recipe = json.loads(path.read_text())
-    table_sum = hashlib.sha256(Path(table_file).read_bytes()).hexdigest()[:12]
-    cache = CACHE_DIR / f"surrogate-{recipe['fingerprint']}-{table_sum}.pkl"
-    s = None
-    if cache.is_file():
-        try:
-            s = pickle.loads(cache.read_bytes())
-        except Exception:  # a cache from another scikit-learn: refit
-            s = None
-    if s is None or s.fingerprint() != recipe["fingerprint"]:
-        s = Surrogate(CurveTable(table_file).main_rows(), recipe["model"], recipe["seed"])
-        if s.fingerprint() == recipe["fingerprint"]:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_bytes(pickle.dumps(s))
-            tmp.replace(cache)
+    s = fit_on(table_file, recipe["model"], recipe["seed"])
+    if s.fingerprint() != recipe["fingerprint"]:  # perhaps a cache written by another scikit-learn
+        s = fit_on(table_file, recipe["model"], recipe["seed"], refresh=True)
     if s.fingerprint() != recipe["fingerprint"]:
         raise ValueError(
             f"{path}: refitted on {table_file}, the surrogate predicts other curves than the committed one "
@@ -253,14 +239,14 @@ def load_surrogate(path: Path = SURROGATE_FILE, table_file: Path = TABLE_FILE) -
     return s
 
 
-def fit_on(table_file: Path, model: str, seed: int) -> Surrogate:
-    """A surrogate fitted afresh on another table (a held-out split's training rows), once per machine:
-    every Ray worker of a replay loads it, so the fit is cached beside the committed surrogate's."""
+def fit_on(table_file: Path, model: str, seed: int, refresh: bool = False) -> Surrogate:
+    """A surrogate fitted on a table, once per machine: every Ray worker of a replay loads one, so the fit
+    is cached (`CACHE_DIR`, by regressor, seed and the table's checksum); `refresh` refits regardless."""
     import pickle
 
     table_sum = hashlib.sha256(Path(table_file).read_bytes()).hexdigest()[:12]
     cache = CACHE_DIR / f"fit-{model}-{seed}-{table_sum}.pkl"
-    if cache.is_file():
+    if cache.is_file() and not refresh:
         try:
             return pickle.loads(cache.read_bytes())
         except Exception:  # a cache from another scikit-learn: refit
