@@ -10,66 +10,124 @@ docs/benchmarks.md part 4), and a GPU cluster that ends a trial a second makes t
 and beyond that the best `history / 2` (the good group is among them, as gamma(n) <= 25) and the newest
 `history / 2` of the rest. The good group is then exactly the one the full study gives; the bad group's
 estimator is fitted to a recent sample of it. Below `history` trials it samples exactly as TPESampler
-with the same seed. The view is rebuilt only when the study gained trials.
+with the same seed.
 
-What it does not bound yet (measured, docs/benchmarks.md part 4): building the view still reads the whole
-study, once per parameter, and ranks it once per new finished trial, so a suggestion still costs time
-linear in the trials, if far less (with a view of 250: 3.6 ms at 100 trials, 39 ms at 2,000, against
-TPE's 93 ms at 5,000 reading everything). Finished trials never change, so the view could be kept
-incrementally.
+The view is kept incrementally, because a finished trial never changes: each suggestion looks only at
+the trials created since the last one and at those that were still running then (at most the sweep's
+concurrency), and updates the best half and the newest half in place. A suggestion therefore costs the
+same at trial 10,000 as at trial 300 (docs/benchmarks.md part 4, "The driver at scale"), apart from
+fetching the study's list of trials, which the storage keeps.
 """
 
 from __future__ import annotations
 
+import bisect
+import weakref
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 _STATES = (TrialState.COMPLETE, TrialState.PRUNED)
+_STATES_AND_RUNNING = (*_STATES, TrialState.RUNNING)  # as TPE's constant liar asks
 
 
 class BoundedTPESampler(optuna.samplers.TPESampler):
     def __init__(self, *args: Any, history: int = 1000, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.history = history
+        self._views: dict[int, tuple[weakref.ref, _View]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Views hold weak references and are rebuilt from the study in one pass after a restore.
+        return {**self.__dict__, "_views": {}}
+
+    def _view(self, study: optuna.Study) -> _View:
+        ref, view = self._views.get(id(study), (None, None))
+        if ref is None or ref() is not study:  # a new study (or a new object at a freed id)
+            view = _View(self.history)
+            self._views = {id(study): (weakref.ref(study), view)}  # a sampler serves one study
+        return view
 
     def sample_relative(self, study, trial, search_space):
-        return super().sample_relative(_BoundedStudy(study, self.history), trial, search_space)
+        return super().sample_relative(_BoundedStudy(study, self._view(study)), trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return super().sample_independent(
-            _BoundedStudy(study, self.history), trial, param_name, param_distribution
+            _BoundedStudy(study, self._view(study)), trial, param_name, param_distribution
         )
 
 
 class _BoundedStudy:
-    """A study as TPE reads it, limited to `history` trials (see the module docstring); every other
-    attribute is the study's own."""
+    """A study as TPE reads it: its finished and stopped trials come from the bounded view; every other
+    read and attribute is the study's own."""
 
-    _views: dict[tuple[int, int], list[FrozenTrial]] = {}
-
-    def __init__(self, study: optuna.Study, history: int):
-        self._study, self._history = study, history
+    def __init__(self, study: optuna.Study, view: _View):
+        self._study, self._view = study, view
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
 
     def _get_trials(self, deepcopy: bool = False, states=None, use_cache: bool = False) -> list[FrozenTrial]:
-        trials = self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-        if len(trials) <= self._history or tuple(states or ()) != _STATES:
-            return trials
-        key = (id(self._study), len(trials))
-        view = _BoundedStudy._views.get(key)
-        if view is None:
-            half = self._history // 2
-            ranked = sorted(trials, key=_rank)
-            best = ranked[:half]
-            chosen = {t.number for t in best}
-            newest = [t for t in reversed(trials) if t.number not in chosen][: self._history - half]
-            view = sorted(best + newest, key=lambda t: t.number)
-            _BoundedStudy._views = {key: view}  # one view at a time: the study only grows
-        return view
+        states = tuple(states or ())
+        if deepcopy or states not in (_STATES, _STATES_AND_RUNNING):
+            return self._study._get_trials(deepcopy=deepcopy, states=states or None, use_cache=use_cache)
+        # One fetch of the unfiltered list (a list copy, no filtering); the view does the rest.
+        trials = self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache)
+        view = self._view.update(trials)
+        if states == _STATES:
+            return view
+        # The constant liar (Optuna's default) also reads the running trials, at most the concurrency.
+        running = [trials[n] for n in self._view.unfinished if trials[n].state == TrialState.RUNNING]
+        return sorted(view + running, key=_number) if running else view
+
+
+class _View:
+    """At most `history` finished and stopped trials, in trial order: all of them while there are at most
+    `history`, then the best `history / 2` by `_rank` and the newest `history - history / 2` of the rest.
+
+    Kept incrementally: `best` holds (rank, number, trial) sorted, `rest` (number, trial) sorted; a trial
+    pushed out of `best` joins `rest` if it is among the newest there, and the oldest of `rest` drops out
+    (for good: every trial that finishes later is either newer or better)."""
+
+    def __init__(self, history: int):
+        self.half, self.keep_rest = history // 2, history - history // 2
+        self.seen = 0  # trials 0 .. seen - 1 have been looked at
+        self.unfinished: list[int] = []  # numbers among them still running or waiting
+        self.best: list[tuple[tuple[int, float], int, FrozenTrial]] = []
+        self.rest: list[tuple[int, FrozenTrial]] = []
+        self.trials: list[FrozenTrial] = []  # the view, rebuilt only when it changed
+
+    def update(self, all_trials: list[FrozenTrial]) -> list[FrozenTrial]:
+        if all_trials and all_trials[-1].number != len(all_trials) - 1:
+            raise RuntimeError("the study's trials are not listed by number; the view needs them so")
+        looked_at = self.unfinished + list(range(self.seen, len(all_trials)))
+        if not looked_at:
+            return self.trials
+        self.unfinished, changed = [], False
+        for number in looked_at:
+            t = all_trials[number]
+            if t.state in _STATES:
+                self._add(t)
+                changed = True
+            elif not t.state.is_finished():
+                self.unfinished.append(number)
+        self.seen = len(all_trials)
+        if changed:
+            self.trials = sorted([t for _, _, t in self.best] + [t for _, t in self.rest], key=_number)
+        return self.trials
+
+    def _add(self, t: FrozenTrial) -> None:
+        bisect.insort(self.best, (_rank(t), t.number, t), key=lambda e: e[:2])
+        if len(self.best) > self.half:
+            _, number, out = self.best.pop()
+            bisect.insort(self.rest, (number, out), key=lambda e: e[0])
+            if len(self.rest) > self.keep_rest:
+                self.rest.pop(0)
+
+
+def _number(t: FrozenTrial) -> int:
+    return t.number
 
 
 def _rank(t: FrozenTrial) -> tuple[int, float]:
