@@ -8,6 +8,7 @@ What a trial's last result means (finished / stopped / diverged / error) is
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -15,6 +16,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import optuna
+from ray.tune.experiment import Trial
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -171,15 +173,29 @@ class DivergenceAwareASHA(ASHAScheduler):
         self.experiment_path = experiment_path
         self.rebuilt: str | None = None  # what the rebuild found, for the driver's log
         self._rebuild_pending = True
+        self._added: dict[str, int] = {}  # trial id -> the order Tune added it in
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Unpickled from tuner.pkl by Tuner.restore: rebuild before deciding anything.
         self.__dict__.update(state)
+        self.__dict__.setdefault("_added", {})  # a tuner.pkl written before it existed
         self._rebuild_pending = True
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         self._rebuild_once()
+        self._added.setdefault(trial.trial_id, len(self._added))
         super().on_trial_add(tune_controller, trial)
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        """Tune's FIFO choice, the first trial added that is pending, else the first paused one, read off
+        the live trials only: the stock choice scans every trial of the sweep twice per driver step, a
+        cost that grows with the sweep (docs/benchmarks.md part 4, "The driver at scale")."""
+        live = tune_controller.get_live_trials()
+        for status in (Trial.PENDING, Trial.PAUSED):
+            ready = [t for t in live if t.status == status]
+            if ready:
+                return min(ready, key=lambda t: self._added.get(t.trial_id, math.inf))
+        return None
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         if is_diverged(result):

@@ -392,3 +392,39 @@ def test_a_resumed_asha_decides_as_the_uninterrupted_one_on_the_same_results(tmp
     assert resumed.rebuilt.startswith(f"rungs rebuilt from {len(before)} results")
     # Tune's own restore: the same scheduler with empty rungs decides otherwise.
     assert _decide(_asha(), events[cut:], set(stopped_at_cut)) != later
+
+
+class _Trial:  # hashable, as Tune's trials are (the live ones are a set)
+    def __init__(self, trial_id: str, status: str):
+        self.trial_id, self.status = trial_id, status
+
+
+class _Controller:
+    """What a scheduler sees of Tune's controller: every trial in the order added, and the live ones."""
+
+    def __init__(self, trials: list, every_trial_readable: bool = True):
+        self.trials, self.readable = trials, every_trial_readable
+
+    def get_trials(self) -> list:
+        assert self.readable, "read every trial of the sweep"
+        return self.trials
+
+    def get_live_trials(self) -> set:
+        return {t for t in self.trials if t.status not in ("TERMINATED", "ERROR")}
+
+
+def test_asha_chooses_as_tunes_fifo_but_reads_only_the_live_trials():
+    from ray.tune.schedulers import FIFOScheduler
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        trials = [
+            _Trial(f"t{i}", str(rng.choice(
+                ["TERMINATED", "TERMINATED", "ERROR", "RUNNING", "PENDING", "PAUSED"])))
+            for i in range(int(rng.integers(0, 12)))
+        ]  # fmt: skip
+        sched = asha()
+        for t in trials:
+            sched.on_trial_add(None, t)
+        stock = FIFOScheduler().choose_trial_to_run(_Controller(trials))
+        assert sched.choose_trial_to_run(_Controller(trials, every_trial_readable=False)) is stock
