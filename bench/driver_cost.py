@@ -9,6 +9,7 @@ at that size. TPE's suggestion time is timed inside the searcher.
 
     python -m bench.replay driver-cost --trials 5000      # -> bench/data/driver_cost.json
     python -m bench.replay driver-cost --trials 5000 --history 100000   # TPE reading every trial
+    python -m bench.replay driver-cost --trials 5000 --memory   # the study in memory, not in a journal
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class TimedSearch(BackboneSharingSearch):
             SUGGEST_SECONDS.append(time.perf_counter() - started)
 
 
-def driver_cost(trials: int, concurrency: int, history: int | None = None, out: Path = OUT) -> dict[str, Any]:
+def driver_cost(trials: int, concurrency: int, history: int | None = None, out: Path = OUT,
+                memory: bool = False) -> dict[str, Any]:  # fmt: skip
     from bench.replay import full_trial_seconds, init_ray, run_strategy
 
     fte = full_trial_seconds()
@@ -49,7 +51,7 @@ def driver_cost(trials: int, concurrency: int, history: int | None = None, out: 
     started = time.perf_counter()
     r = run_strategy(
         "tpe_asha", 0, None, setting, concurrency, num_samples=trials, searcher_class=TimedSearch,
-        quiet=False, keep_events=True, tpe_history=history,
+        quiet=False, keep_events=True, tpe_history=history, journal=not memory,
     )  # fmt: skip
     wall = time.perf_counter() - started
     first_result: dict[str, float] = {}
@@ -69,11 +71,13 @@ def driver_cost(trials: int, concurrency: int, history: int | None = None, out: 
         "wall_s": wall,
         "fte_seconds": fte,
         "tpe_history": history,
+        "study": "in memory" if memory else "journal file (as sweeps keep it)",
         "suggest_total_s": float(sum(SUGGEST_SECONDS)),
         "blocks": blocks,
     }
-    if history is not None and out == OUT:
-        out = OUT.with_name(f"driver_cost-history{history}.json")
+    if (history is not None or memory) and out == OUT:
+        tag = (f"-history{history}" if history is not None else "") + ("-memory" if memory else "")
+        out = OUT.with_name(f"driver_cost{tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     for b in blocks[:: max(1, len(blocks) // 20)]:

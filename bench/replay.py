@@ -252,9 +252,12 @@ def hyperband(spec):
 def run_strategy(name: str, index: int, budget_s: float | None, setting: dict[str, Any], concurrency: int,
                  startup: int | None = None, num_samples: int | None = None,
                  searcher_class: type | None = None, quiet: bool = True, keep_events: bool = False,
-                 tpe_history: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """Seed `index` of one strategy through ecgtune's driver; the events in the order the driver saw them."""
+                 tpe_history: int | None = None, journal: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Seed `index` of one strategy through ecgtune's driver; the events in the order the driver saw them.
+    `journal`: keep the Optuna study in a journal file in the experiment, as a real sweep does (else in
+    memory, as the replays do)."""
     import ecgtune.search as driver
+    from ecgtune.study import study_location
 
     base, sharing = parse_strategy(name)
     with tempfile.TemporaryDirectory() as storage, contextlib.redirect_stdout(io.StringIO()):
@@ -276,6 +279,10 @@ def run_strategy(name: str, index: int, budget_s: float | None, setting: dict[st
                     update={"search": spec.search.model_copy(update={"num_samples": num_samples})}
                 )
             stop = Budget(budget_s)
+            study = None
+            if journal:
+                Path(storage, experiment).mkdir(parents=True, exist_ok=True)
+                study = study_location(None, f"{storage}/{experiment}", experiment)
             sweep = driver.build_tuner(
                 spec,
                 storage,
@@ -283,6 +290,7 @@ def run_strategy(name: str, index: int, budget_s: float | None, setting: dict[st
                 trainable=replay_trial,
                 stop=stop,
                 searcher_class=searcher_class,
+                study=study,
                 scheduler=hyperband(spec) if STRATEGIES[base].get("scheduler") == "hyperband" else None,
                 quiet=quiet,
             )
@@ -304,7 +312,8 @@ def run_strategy(name: str, index: int, budget_s: float | None, setting: dict[st
         started = time.perf_counter()
         sweep.tuner.fit()
         wall = time.perf_counter() - started
-    searcher = sweep.searcher
+        searcher = sweep.searcher  # read while its study (a journal file in `storage`) is there
+        optuna_states = searcher.study_states() if searcher is not None else None
     return {
         "strategy": name,
         "index": index,
@@ -314,7 +323,7 @@ def run_strategy(name: str, index: int, budget_s: float | None, setting: dict[st
         "wall_s": wall,
         **trace(stop.events),
         **({"events": stop.events} if keep_events else {}),
-        "optuna_states": searcher.study_states() if searcher is not None else None,
+        "optuna_states": optuna_states,
         "sharing": searcher.sharing_summary() if hasattr(searcher, "sharing_summary") else None,
     }
 
@@ -482,6 +491,7 @@ def main() -> None:
     d.add_argument(
         "--history", type=int, help="TPE's history (default: the spec's search.searcher.tpe_history)"
     )
+    d.add_argument("--memory", action="store_true", help="the study in memory (default: a journal file)")
     args = p.parse_args()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if args.command == "run":
@@ -493,7 +503,7 @@ def main() -> None:
     else:
         from bench.driver_cost import driver_cost
 
-        driver_cost(args.trials, args.concurrency, args.history)
+        driver_cost(args.trials, args.concurrency, args.history, memory=args.memory)
 
 
 if __name__ == "__main__":
