@@ -485,6 +485,7 @@ def main() -> None:
     o.add_argument("--budget-fte", type=float, default=96.0)
     o.add_argument("--tag", default="", help="results tag (e.g. proportional)")
     o.add_argument("--blackbox", default="surrogate", help="the blackbox the tagged runs used")
+    o.add_argument("--also-fte", type=float, help="add strategies recorded only at this larger budget")
     d = sub.add_parser("driver-cost", help="driver time per trial up to --trials trials")
     d.add_argument("--trials", type=int, default=1000)
     d.add_argument("--concurrency", type=int, default=4)
@@ -499,7 +500,7 @@ def main() -> None:
     elif args.command == "report":
         from bench.replay_analysis import report
 
-        report(args.budget_fte, args.tag, args.blackbox)
+        report(args.budget_fte, args.tag, args.blackbox, args.also_fte)
     else:
         from bench.driver_cost import driver_cost
 

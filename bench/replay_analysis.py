@@ -169,19 +169,39 @@ def analyse(runs: dict[str, list[dict[str, Any]]], ref: Reference, budget_fte: f
     return out
 
 
+# Each alternative strategy is compared with the one it would replace: another sampler or the scaled
+# start-up with TPE + ASHA as shipped, HyperBand with ASHA (both random search).
+BASELINE_OF = {
+    "tpe_asha_scaled": "tpe_asha",
+    "tpe_mv_asha": "tpe_asha",
+    "gp_asha": "tpe_asha",
+    "random_hyperband": "random_asha",
+}
+
+
+def _compared(a: str, b: str) -> bool:
+    """Whether `b` is `a` changed in one respect: + sharing, + warm start, or another sampler/scheduler
+    (`BASELINE_OF`, with or without sharing on both sides)."""
+    if b.startswith(a + "+share") and "+warm" not in b:
+        return True
+    if b.endswith("+warm") and b.removesuffix("+warm") == a:
+        return True
+    base_b, _, share_b = b.partition("+")
+    base_a, _, share_a = a.partition("+")
+    return BASELINE_OF.get(base_b) == base_a and share_a == share_b
+
+
 def comparisons(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Each strategy against its variant with sharing (`X` vs `X+share...`) and with a warm start (`X` vs
-    `X+warm`): two-sided Mann-Whitney p-values on the per-seed AUC, compute to reach random search's
-    median (not reached ranks last) and final best. Seeds are independent, so the test is unpaired."""
+    """Each pair `_compared` names: two-sided Mann-Whitney p-values on the per-seed AUC, compute to reach
+    random search's median (not reached ranks last) and final best. Seeds are independent, so the test
+    is unpaired."""
     from scipy.stats import mannwhitneyu
 
     strategies = result["strategies"]
     out = []
     for a in sorted(strategies):
         for b in sorted(strategies):
-            base_b = b.removesuffix("+warm")
-            pair = (b.startswith(a + "+share") and "+warm" not in b) or (b.endswith("+warm") and base_b == a)
-            if not pair:
+            if not _compared(a, b):
                 continue
             row: dict[str, Any] = {"a": a, "b": b}
             for measure in ("auc", "reach", "final"):
@@ -230,8 +250,17 @@ def _rank(values: Sequence[float]) -> list[float]:
     return list(rankdata(values, method="average"))
 
 
-def report(budget_fte: float, tag: str = "", kind: str = "surrogate") -> dict[str, Any]:
+def report(
+    budget_fte: float, tag: str = "", kind: str = "surrogate", also_fte: float | None = None
+) -> dict[str, Any]:
+    """The tables and plot at `budget_fte`. `also_fte`: add the strategies recorded only at that larger
+    budget, read up to this one: a strategy whose decisions do not depend on the budget (all but the
+    scaled start-up) runs the same up to this budget in a longer run, where only its stop differs."""
     runs = load_runs(budget_fte, tag)
+    if also_fte is not None:
+        longer = load_runs(also_fte, tag)
+        budget_free = {n: rs for n, rs in longer.items() if not n.startswith("tpe_asha_scaled")}
+        runs.update({n: rs for n, rs in budget_free.items() if n not in runs})
     if not runs:
         raise SystemExit(f"no replay results for {budget_fte:g} FTE (tag {tag!r}) in {RESULTS_DIR}")
     ref = reference(budget_fte, kind=kind)
@@ -239,7 +268,8 @@ def report(budget_fte: float, tag: str = "", kind: str = "surrogate") -> dict[st
     seeds = min(s["seeds"] for s in result["strategies"].values())
     result["power"] = {str(n): power(ref, budget_fte, n) for n in sorted({10, 30, seeds})}
     result["comparisons"] = comparisons(result)
-    out = RESULTS_DIR / f"analysis@{budget_fte:g}fte{'-' + tag if tag else ''}.json"
+    name = f"analysis@{budget_fte:g}fte{'-' + tag if tag else ''}{f'+{also_fte:g}' if also_fte else ''}"
+    out = RESULTS_DIR / f"{name}.json"
     out.write_text(json.dumps(result, indent=1, default=float))
     print(markdown(result, budget_fte))
     suffix = (f"-{tag}" if tag else "") + ("" if budget_fte == 96 else f"-{budget_fte:g}fte")

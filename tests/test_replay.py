@@ -95,3 +95,21 @@ def test_regret_and_random_equivalent_budget():
     assert random_equivalent(1.5, ref, budget_fte=2.0) == pytest.approx(2.0)
     assert random_equivalent(1.49, ref, budget_fte=2.0) == pytest.approx(2.5)
     assert random_equivalent(0.5, ref, budget_fte=2.0) == math.inf
+
+
+def test_each_strategy_is_compared_with_the_one_it_would_replace():
+    from bench.replay_analysis import _compared
+
+    names = ["tpe_asha", "tpe_asha+share", "tpe_asha+share(k=2,best)", "tpe_asha+warm", "tpe_mv_asha",
+             "tpe_mv_asha+share", "gp_asha", "random_asha", "random_asha+share", "random_hyperband"]  # fmt: skip
+    assert {(a, b) for a in names for b in names if _compared(a, b)} == {
+        ("tpe_asha", "tpe_asha+share"),
+        ("tpe_asha", "tpe_asha+share(k=2,best)"),
+        ("tpe_asha", "tpe_asha+warm"),
+        ("tpe_asha", "tpe_mv_asha"),
+        ("tpe_asha+share", "tpe_mv_asha+share"),
+        ("tpe_mv_asha", "tpe_mv_asha+share"),
+        ("tpe_asha", "gp_asha"),
+        ("random_asha", "random_asha+share"),
+        ("random_asha", "random_hyperband"),
+    }
