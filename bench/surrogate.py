@@ -16,7 +16,7 @@ read in the unit cube (bench/unit_cube.py), the coordinates the table was sample
         --tag heldout-surrogate --budget-fte 24 --seeds 10 --strategies random random_asha tpe_asha ...
     python -m bench.replay run --blackbox tabular --table runs/surrogate-split/heldout.json.gz \
         --tag heldout-tabular --budget-fte 24 --seeds 10 --strategies (the same)
-    python -m bench.surrogate rankings           # the two rankings of the strategies, Kendall's tau
+    python -m bench.surrogate rankings           # the two rankings (final best, AUC), Kendall's tau
 
 The committed surrogate is its recipe (regressor, settings, seed) and a fingerprint of its predictions:
 `load_surrogate` refits it on the committed table in seconds and refuses a refit whose predictions differ
@@ -291,26 +291,40 @@ def split(
 
 def rankings(
     tags: tuple[str, str] = ("heldout-surrogate", "heldout-tabular"), budget_fte: float = 24
-) -> None:
-    """The strategies' ranking (median best at the budget) on the surrogate fitted without the held-out
-    rows and on the held-out rows themselves, and Kendall's tau between the two."""
+) -> dict[str, Any]:
+    """The strategies' ranking on the surrogate fitted without the held-out rows and on the held-out rows
+    themselves, and Kendall's tau between the two, by two measures: the median final best, and the median
+    area under the best-so-far curve over the budget (before a run's first full trial: the worst value
+    any run of that blackbox reached). The area ranks strategies as the normalized regret's AUC does
+    (an affine map of it, per blackbox) and separates them better (docs/benchmarks.md part 4)."""
     from scipy.stats import kendalltau
 
-    from bench.replay_analysis import load_runs
+    from bench.replay_analysis import best_at, load_runs
 
-    medians = {}
+    measures: dict[str, dict[str, dict[str, float]]] = {"final": {}, "auc": {}}
+    seeds = {}
     for tag in tags:
         runs = load_runs(budget_fte, tag)
-        medians[tag] = {
-            name: float(np.median([r["best_steps"][-1][1] if r["best_steps"] else np.inf for r in rs]))
-            for name, rs in runs.items()
+        seeds[tag] = {name: len(rs) for name, rs in runs.items()}
+        curves = {}
+        for name, rs in runs.items():
+            grid_s = np.linspace(0, budget_fte, 97)[1:] * rs[0]["fte_seconds"]
+            curves[name] = np.array([best_at(r, grid_s) for r in rs])
+        worst = max(float(c[np.isfinite(c)].max()) for c in curves.values())
+        measures["final"][tag] = {n: float(np.median(c[:, -1])) for n, c in curves.items()}
+        measures["auc"][tag] = {
+            n: float(np.median(np.where(np.isfinite(c), c, worst).mean(axis=1))) for n, c in curves.items()
         }
-    names = sorted(set(medians[tags[0]]) & set(medians[tags[1]]))
-    for tag in tags:
-        order = sorted(names, key=lambda n: medians[tag][n])
-        print(f"{tag}: " + " < ".join(f"{n} ({medians[tag][n]:.3f})" for n in order))
-    tau = kendalltau([medians[tags[0]][n] for n in names], [medians[tags[1]][n] for n in names]).statistic
-    print(f"Kendall's tau between the two rankings of {len(names)} strategies: {tau:.2f}")
+    names = sorted(set(measures["final"][tags[0]]) & set(measures["final"][tags[1]]))
+    out: dict[str, Any] = {"budget_fte": budget_fte, "seeds": seeds}
+    for measure, by_tag in measures.items():
+        for tag in tags:
+            order = sorted(names, key=lambda n: by_tag[tag][n])
+            print(f"{measure:>5} on {tag}: " + " < ".join(f"{n} ({by_tag[tag][n]:.3f})" for n in order))
+        tau = kendalltau([by_tag[tags[0]][n] for n in names], [by_tag[tags[1]][n] for n in names]).statistic
+        print(f"Kendall's tau by {measure} between the two rankings of {len(names)} strategies: {tau:.2f}")
+        out[measure] = {"tau": float(tau), **{tag: {n: by_tag[tag][n] for n in names} for tag in tags}}
+    return out
 
 
 def main() -> None:
@@ -323,14 +337,18 @@ def main() -> None:
     sp = sub.add_parser("split", help="held-out and training tables of one fold, for `rankings`")
     sp.add_argument("--table", type=Path, default=TABLE_FILE)
     sp.add_argument("--out", type=Path, default=Path("runs/surrogate-split"))
-    sub.add_parser("rankings", help="strategies ranked on held-out rows and on the surrogate without them")
+    rk = sub.add_parser("rankings", help="held-out rows against a surrogate not fitted to them")
+    rk.add_argument("--budget-fte", type=float, default=24)
     f = sub.add_parser("fit", help="fit the chosen regressor and write its recipe")
     f.add_argument("--table", type=Path, default=TABLE_FILE)
     f.add_argument("--model", default="extra_trees", choices=list(RECIPES))
     f.add_argument("--out", type=Path, default=SURROGATE_FILE)
     args = p.parse_args()
     if args.command == "rankings":
-        rankings()
+        result = rankings(budget_fte=args.budget_fte)
+        out = SURROGATE_FILE.parent / "replay" / f"heldout_rankings@{args.budget_fte:g}fte.json"
+        out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {out}")
         return
     table = CurveTable(args.table)
     if args.command == "split":
