@@ -9,8 +9,9 @@ docs/benchmarks.md part 4), and a GPU cluster that ends a trial a second makes t
 `BoundedTPESampler` gives TPE a bounded view of the study: every trial while there are at most `history`,
 and beyond that the best `history / 2` (the good group is among them, as gamma(n) <= 25) and the newest
 `history / 2` of the rest. The good group is then exactly the one the full study gives; the bad group's
-estimator is fitted to a recent sample of it. Below `history` trials it samples exactly as TPESampler
-with the same seed.
+estimator is fitted to a recent sample of it. TPE's constant liar (Optuna 5's default, so that
+parallel trials are not suggested alike) also reads the running trials: they come on top of the view, at
+most the sweep's concurrency. Below `history` trials it samples exactly as TPESampler with the same seed.
 
 The view is kept incrementally, because a finished trial never changes: each suggestion looks only at
 the trials created since the last one and at those that were still running then (at most the sweep's
