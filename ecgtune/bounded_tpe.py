@@ -51,11 +51,11 @@ class BoundedTPESampler(optuna.samplers.TPESampler):
         return view
 
     def sample_relative(self, study, trial, search_space):
-        return super().sample_relative(_BoundedStudy(study, self._view(study)), trial, search_space)
+        return super().sample_relative(_BoundedStudy(study, self._view(study), trial), trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         return super().sample_independent(
-            _BoundedStudy(study, self._view(study)), trial, param_name, param_distribution
+            _BoundedStudy(study, self._view(study), trial), trial, param_name, param_distribution
         )
 
 
@@ -63,8 +63,8 @@ class _BoundedStudy:
     """A study as TPE reads it: its finished and stopped trials come from the bounded view; every other
     read and attribute is the study's own."""
 
-    def __init__(self, study: optuna.Study, view: _View):
-        self._study, self._view = study, view
+    def __init__(self, study: optuna.Study, view: _View, asking: FrozenTrial):
+        self._study, self._view, self._asking = study, view, asking.number
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._study, name)
@@ -73,8 +73,12 @@ class _BoundedStudy:
         states = tuple(states or ())
         if deepcopy or states not in (_STATES, _STATES_AND_RUNNING):
             return self._study._get_trials(deepcopy=deepcopy, states=states or None, use_cache=use_cache)
-        # One fetch of the unfiltered list (a list copy, no filtering); the view does the rest.
-        trials = self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache)
+        # One fetch of the unfiltered list per suggestion (the view does the rest): TPE reads the study
+        # once per parameter it samples on its own, and a journal storage builds the list anew each time.
+        if self._view.fetched_for != self._asking:
+            fetched = self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache)
+            self._view.fetched_for, self._view.fetched = self._asking, fetched
+        trials = self._view.fetched
         view = self._view.update(trials)
         if states == _STATES:
             return view
@@ -98,6 +102,10 @@ class _View:
         self.best: list[tuple[tuple[int, float], int, FrozenTrial]] = []
         self.rest: list[tuple[int, FrozenTrial]] = []
         self.trials: list[FrozenTrial] = []  # the view, rebuilt only when it changed
+        # The study's trials as fetched for the trial being suggested: nothing else changes the study
+        # while one trial's parameters are sampled (Tune's driver asks from one thread).
+        self.fetched_for: int | None = None
+        self.fetched: list[FrozenTrial] = []
 
     def update(self, all_trials: list[FrozenTrial]) -> list[FrozenTrial]:
         if all_trials and all_trials[-1].number != len(all_trials) - 1:

@@ -61,7 +61,7 @@ def test_the_view_kept_as_trials_finish_is_the_view_read_off_the_whole_study():
         view = sampler._view(study).update(study._get_trials(deepcopy=False, states=None))
         assert [t.number for t in view] == view_from_scratch(study, 40)
         # What the constant liar reads: the view and the running trials, in trial order.
-        bounded = _BoundedStudy(study, sampler._view(study))
+        bounded = _BoundedStudy(study, sampler._view(study), trial)
         liar = bounded._get_trials(deepcopy=False, states=[*STATES, optuna.trial.TrialState.RUNNING])
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         assert [t.number for t in liar] == sorted(view_from_scratch(study, 40) + [t.number for t in running])
