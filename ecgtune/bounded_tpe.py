@@ -15,9 +15,10 @@ most the sweep's concurrency. Below `history` trials it samples exactly as TPESa
 
 The view is kept incrementally, because a finished trial never changes: each suggestion looks only at
 the trials created since the last one and at those that were still running then (at most the sweep's
-concurrency), and updates the best half and the newest half in place. A suggestion therefore costs the
-same at trial 10,000 as at trial 300 (docs/benchmarks.md part 4, "The driver at scale"), apart from
-fetching the study's list of trials, which the storage keeps.
+concurrency), and updates the best half and the newest half in place; the study is fetched once per
+suggestion. Measured on the driver (docs/benchmarks.md part 4, "The driver at scale"): 10,000 trials
+at 68-89 ms of driver time per trial, but a suggestion still grows from 13 to 37 ms; what remains
+linear is in Optuna's reads of the study (not yet profiled).
 """
 
 from __future__ import annotations
