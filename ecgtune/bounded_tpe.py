@@ -17,8 +17,8 @@ The view is kept incrementally, because a finished trial never changes: each sug
 the trials created since the last one and at those that were still running then (at most the sweep's
 concurrency), and updates the best half and the newest half in place; the study is fetched once per
 suggestion. Measured on the driver (docs/benchmarks.md part 4, "The driver at scale"): 10,000 trials
-at 68-89 ms of driver time per trial, but a suggestion still grows from 13 to 37 ms; what remains
-linear is in Optuna's reads of the study (not yet profiled).
+at 68-89 ms of driver time per trial, but a suggestion still grows from 13 to 37 ms; where that
+growth comes from has not been profiled yet.
 """
 
 from __future__ import annotations
