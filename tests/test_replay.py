@@ -100,8 +100,10 @@ def test_regret_and_random_equivalent_budget():
 def test_each_strategy_is_compared_with_the_one_it_would_replace():
     from bench.replay_analysis import _compared
 
-    names = ["tpe_asha", "tpe_asha+share", "tpe_asha+share(k=2,best)", "tpe_asha+warm", "tpe_mv_asha",
-             "tpe_mv_asha+share", "gp_asha", "random_asha", "random_asha+share", "random_hyperband"]  # fmt: skip
+    names = [
+        *("tpe_asha", "tpe_asha+share", "tpe_asha+share(k=2,best)", "tpe_asha+warm", "tpe_mv_asha"),
+        *("tpe_mv_asha+share", "gp_asha", "random_asha", "random_asha+share", "random_hyperband"),
+    ]
     assert {(a, b) for a in names for b in names if _compared(a, b)} == {
         ("tpe_asha", "tpe_asha+share"),
         ("tpe_asha", "tpe_asha+share(k=2,best)"),
