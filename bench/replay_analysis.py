@@ -153,13 +153,14 @@ def analyse(runs: dict[str, list[dict[str, Any]]], ref: Reference, budget_fte: f
             "wall_s": _quartiles([r["wall_s"] for r in rs]),
             "per_seed": {"auc": list(reg.mean(axis=1)), "reach": reach, "final": list(finals)},
         }
-    # Ranked among the strategies with the most seeds only, so that adding a strategy run with fewer
-    # seeds (a variant) leaves the others' ranks as they were; the variant's own rank is not given.
-    most = max(len(rs) for rs in runs.values())
-    names = [n for n, rs in runs.items() if len(rs) == most]
+    # Ranked among the strategies with the full 30 seeds (or the most, if fewer) only, so that adding a
+    # strategy run with fewer seeds (a variant) or more (a confirmation on fresh seeds) leaves the others'
+    # ranks as they were; a variant's own rank is not given, and only seeds all of them have are ranked.
+    full = min(30, max(len(rs) for rs in runs.values()))
+    names = [n for n, rs in runs.items() if len(rs) >= full]
     mean_rank = defaultdict(list)
     for by_name in ranks.values():
-        if len(by_name) < len(names):
+        if any(n not in by_name for n in names):
             continue
         order = _rank([by_name[n] for n in names])
         for n, rk in zip(names, order, strict=True):
