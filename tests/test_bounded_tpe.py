@@ -102,6 +102,9 @@ def test_beyond_its_history_tpe_reads_a_bounded_view_with_its_good_group_whole()
     assert {t.number for t in good} <= {t.number for t in view}
     newest = [t.number for t in trials][-10:]
     assert set(newest) <= {t.number for t in view}
+    # Other readers of the study (states other than TPE's) see every trial.
+    bounded = _BoundedStudy(study, sampler._view(study), study.trials[-1])
+    assert len(bounded._get_trials(deepcopy=False, states=None)) == len(study.trials)
     # The search still works: its best is near the optimum (x = 1, k = a).
     assert study.best_value < 0.05
 
