@@ -64,8 +64,13 @@ def test_the_compute_budget_ends_the_sweep_and_reuse_costs_the_load(tmp_path, lo
     )  # the trials running at the end add an epoch or so
     reusing = [rs for rs in rows.values() if rs[0].get("reused_epoch")]
     assert reusing, "the sharing searcher made no trial reuse a backbone"
-    for rs in reusing:  # pretraining epochs free; the first fine-tuning epoch pays the load (and any wait)
-        assert [r["compute_seconds"] for r in rs[:3]] == [0.0, 0.0, 0.0]
+    # Pretraining epochs free; the first fine-tuning epoch pays the load (and any wait). A trial the budget
+    # stopped during its pretraining epochs has fewer rows (seen once in CI): its rows are still free.
+    for rs in reusing:
+        assert [r["compute_seconds"] for r in rs[:3]] == [0.0] * min(3, len(rs))
+    past_pretraining = [rs for rs in reusing if len(rs) > 3]
+    assert past_pretraining, "no reusing trial reached fine-tuning"
+    for rs in past_pretraining:
         assert rs[3]["compute_seconds"] >= 1.0 + 0.1
     trace = replay.trace(stop.events)
     assert trace["reusing_trials"] == len(reusing) and trace["spent_s"] == pytest.approx(spent)
