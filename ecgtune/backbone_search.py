@@ -19,7 +19,10 @@ Everything else (what TPE and ASHA are told) is `PruneAwareOptunaSearch`'s.
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import json
+import math
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -40,9 +43,15 @@ def is_backbone_param(name: str) -> bool:
 class BackboneSharingSearch(PruneAwareOptunaSearch):
     """`PruneAwareOptunaSearch` that reuses pretrained backbones (see the module docstring).
 
-    `pretrain_epochs`: epochs a trial pretrains (its backbone is stored after the last). `first_rung`:
-    the clock value at which trials are scored (ASHA's grace period). `groups` holds, per backbone (its
-    parameters as JSON), the trials that used it, whether it is pretrained, failed, and its score.
+    `sharing`: None shares nothing (the searcher then only records backbones). `pretrain_epochs`:
+    epochs a trial pretrains (its backbone is stored after the last). `first_rung`: the clock value at
+    which trials are scored (ASHA's grace period). `groups` holds, per backbone (its parameters as JSON),
+    the trials that used it, whether it is pretrained, failed, and its score.
+
+    A suggestion's pick does not look at every backbone (a sweep of 10,000 trials draws thousands): the
+    open ones (pretrained, not failed, not full) wait in two heaps, by age and by score, from which
+    closed or rescored entries are dropped when they come to the top; the scores of all backbones not
+    failed are kept sorted, for the rank the "best" pick asks.
     """
 
     def __init__(
@@ -54,12 +63,15 @@ class BackboneSharingSearch(PruneAwareOptunaSearch):
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
-        self.sharing = sharing or BackboneSharingSpec()
+        self.sharing = sharing
         self.pretrain_epochs = pretrain_epochs
         self.first_rung = first_rung
         self.groups: dict[str, dict[str, Any]] = {}
         self.trial_group: dict[str, str] = {}
         self.reuses = 0  # suggestions that reused a pretrained backbone
+        self._open_by_order: list[tuple[int, str]] = []  # heaps (see the class docstring)
+        self._open_by_score: list[tuple[float, int, str]] = []
+        self._scores: list[float] = []  # sorted: the scores of backbones not failed
 
     # ---------------------------------------------------------------------------------- suggesting
 
@@ -86,6 +98,39 @@ class BackboneSharingSearch(PruneAwareOptunaSearch):
                                 "failed": False, "score": None, "order": len(self.groups)}  # fmt: skip
         return self.groups[gid]
 
+    def _is_open(self, group: dict[str, Any]) -> bool:
+        share = self.sharing
+        return (share is not None and group["ready"] and not group["failed"]
+                and len(group["trials"]) < share.trials_per_backbone)  # fmt: skip
+
+    def _set_ready(self, group: dict[str, Any]) -> None:
+        if group["ready"]:
+            return
+        group["ready"] = True  # before any score: a backbone is scored in fine-tuning, after pretraining
+        if self._is_open(group):  # once closed (full or failed), a backbone stays closed
+            heapq.heappush(self._open_by_order, (group["order"], group["id"]))
+
+    def _set_score(self, group: dict[str, Any], value: float) -> None:
+        """A backbone's score is the best of its trials' first-rung values."""
+        old = group["score"]
+        if not math.isfinite(value) or (old is not None and value >= old):
+            return
+        group["score"] = value
+        if group["failed"]:
+            return
+        if old is not None:
+            del self._scores[bisect.bisect_left(self._scores, old)]
+        bisect.insort(self._scores, value)
+        if self._is_open(group):
+            heapq.heappush(self._open_by_score, (value, group["order"], group["id"]))
+
+    def _set_failed(self, group: dict[str, Any]) -> None:
+        if group["failed"]:
+            return
+        group["failed"] = True
+        if group["score"] is not None:
+            del self._scores[bisect.bisect_left(self._scores, group["score"])]
+
     def add_earlier_trials(self, trials: list, run: str) -> None:
         """Warm start (`ecgtune.warm_start`): an earlier sweep's backbones are pretrained already, in the
         store this sweep shares with it, and scored by that sweep's trials at the first rung; they are
@@ -94,30 +139,29 @@ class BackboneSharingSearch(PruneAwareOptunaSearch):
         for t in trials:
             group = self._group(t.params)
             group["earlier"] += 1
-            group["ready"] = True
+            self._set_ready(group)
             value = t.intermediate_values.get(self.first_rung)
             if value is not None:
-                group["score"] = value if group["score"] is None else min(group["score"], value)
+                self._set_score(group, value)
 
     def _pick(self) -> dict[str, Any] | None:
         """The pretrained backbone the next trial reuses, or None for a new one."""
         share = self.sharing
-        open_groups = [
-            g
-            for g in self.groups.values()
-            if g["ready"] and not g["failed"] and len(g["trials"]) < share.trials_per_backbone
-        ]
-        if not open_groups:
+        if share is None:
             return None
         if share.pick == "oldest":
-            return min(open_groups, key=lambda g: g["order"])
-        scored = [g["score"] for g in self.groups.values() if g["score"] is not None and not g["failed"]]
-        candidates = [g for g in open_groups if g["score"] is not None]
-        if not candidates:
+            heap = self._open_by_order
+            while heap and not self._is_open(self.groups[heap[0][1]]):
+                heapq.heappop(heap)
+            return self.groups[heap[0][1]] if heap else None
+        heap = self._open_by_score
+        while heap and not self._is_open(self.groups[heap[0][2]]):
+            heapq.heappop(heap)  # closed since (a rescored backbone's older entries lie below its newest)
+        if not heap:
             return None
-        best = min(candidates, key=lambda g: g["score"])
-        better = sum(s < best["score"] for s in scored)
-        return best if better < max(1.0, share.top_fraction * len(scored)) else None
+        best = self.groups[heap[0][2]]  # the open backbone that scored best (the oldest among equals)
+        better = bisect.bisect_left(self._scores, best["score"])  # backbones not failed that scored better
+        return best if better < max(1.0, share.top_fraction * len(self._scores)) else None
 
     # ------------------------------------------------------------------------------------ learning
 
@@ -139,13 +183,13 @@ class BackboneSharingSearch(PruneAwareOptunaSearch):
         epoch = result.get(EPOCH) or 0
         if is_diverged(result):
             if epoch <= self.pretrain_epochs:
-                group["failed"] = True
+                self._set_failed(group)
             return
         if epoch >= self.pretrain_epochs:
-            group["ready"] = True
+            self._set_ready(group)
         value = finite_objective(result)
         if result.get(self.clock) == self.first_rung and value is not None:
-            group["score"] = value if group["score"] is None else min(group["score"], value)
+            self._set_score(group, value)
 
     def sharing_summary(self) -> dict[str, Any]:
         """For summary.json: backbones drawn, trials that reused one, trials per backbone."""

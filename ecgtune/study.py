@@ -4,7 +4,8 @@ from it (`--warm-start`): the one owner of the study's location.
 Ray's OptunaSearch keeps the study in memory unless it is given a storage (ray-project/ray PR #48547).
 Every ecgtune sweep gives it one:
 - `run.optuna_storage`, an RDB URL (`postgresql://...`, `sqlite:///...`) for teams with a database;
-- otherwise a journal file (Optuna's JournalStorage: an append-only log, no server) on the driver's disk:
+- otherwise a journal file (Optuna's JournalStorage: an append-only log, no server; read through
+  `ecgtune.journal_storage`, whose reads per suggestion do not grow with the study) on the driver's disk:
   `<experiment>/optuna.journal` when the experiment directory is local, and
   `~/.ecgtune/studies/<experiment name>.journal` when it is a URI (s3://...: a journal needs a file).
 
@@ -41,9 +42,11 @@ class StudyLocation:
         import optuna
         from optuna.storages.journal import JournalFileBackend
 
+        from ecgtune.journal_storage import IndexedJournalStorage
+
         if self.is_journal:
             Path(self.storage).parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(JournalFileBackend(self.storage))
+            return IndexedJournalStorage(JournalFileBackend(self.storage))
         return optuna.storages.get_storage(self.storage)
 
 

@@ -131,3 +131,53 @@ def test_a_warm_started_sweep_reuses_the_earlier_sweeps_best_backbone_at_once():
     first, second, third = (warm.suggest(f"w{i}") for i in range(3))
     assert backbone(first) == backbone(second) == backbone(configs[1])
     assert backbone(third) != backbone(configs[1])  # two trials of this sweep on it: its share is used
+
+
+def _pick_by_definition(s: BackboneSharingSearch) -> dict | None:
+    """The pick as the module docstring defines it, looking at every backbone."""
+    share = s.sharing
+    k = share.trials_per_backbone
+    open_groups = [g for g in s.groups.values() if g["ready"] and not g["failed"] and len(g["trials"]) < k]
+    if not open_groups:
+        return None
+    if share.pick == "oldest":
+        return min(open_groups, key=lambda g: g["order"])
+    scored = [g["score"] for g in s.groups.values() if g["score"] is not None and not g["failed"]]
+    candidates = [g for g in open_groups if g["score"] is not None]
+    if not candidates:
+        return None
+    best = min(candidates, key=lambda g: g["score"])
+    better = sum(v < best["score"] for v in scored)
+    return best if better < max(1.0, share.top_fraction * len(scored)) else None
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_pick_equals_its_definition_over_a_random_sweep(seed):
+    """The pick keeps heaps and a sorted list rather than looking at every backbone; at every suggestion
+    it must choose what looking at every backbone chooses: pretraining finishing out of order, divergence,
+    trials rescored at the first rung, full backbones."""
+    import random
+
+    rng = random.Random(seed)
+    pick = ["best", "oldest"][seed % 2]
+    s = searcher(trials_per_backbone=rng.choice([2, 3, 4]), pick=pick, top_fraction=rng.choice([0.3, 1.0]))
+    running: dict[str, int] = {}
+    picks = 0
+    for i in range(150):
+        expected = _pick_by_definition(s)
+        assert s._pick() is expected, i
+        picks += expected is not None
+        s.suggest(f"t{i}")
+        running[f"t{i}"] = 0
+        for trial in rng.sample(sorted(running), k=min(len(running), 3)):  # some trials advance an epoch
+            running[trial] += 1
+            epoch = running[trial]
+            if rng.random() < 0.05 and epoch <= PRETRAIN:
+                s.on_trial_complete(trial, {"objective": float("nan"), "diverged": True, "epoch": epoch,
+                                            "finetune_epoch": 0, "total_epochs": 5})  # fmt: skip
+                del running[trial]
+                continue
+            report(s, trial, epoch, round(rng.uniform(0, 4), 1))  # ties happen
+            if epoch >= PRETRAIN + 2 or (epoch > PRETRAIN and rng.random() < 0.3):
+                del running[trial]
+    assert picks > 20  # the sweep reused backbones, so the picks compared were not all None
