@@ -12,11 +12,11 @@ read in the unit cube (bench/unit_cube.py), the coordinates the table was sample
     python -m bench.surrogate validate           # held-out backbones: Spearman of final objectives
     python -m bench.surrogate fit --model gp     # -> bench/data/surrogate.json (recipe + fingerprint)
     python -m bench.surrogate split              # one fold's held-out rows and the rest, as two tables
-    python -m bench.replay run --blackbox surrogate-fit --table runs/surrogate-split/train.json.gz \
-        --tag heldout-surrogate --budget-fte 24 --seeds 10 --strategies random random_asha tpe_asha ...
+    python -m bench.replay run --blackbox tabular --table runs/surrogate-split/heldout-predicted.json.gz \
+        --tag heldout-predicted --budget-fte 24 --seeds 30 --strategies random random_asha tpe_asha ...
     python -m bench.replay run --blackbox tabular --table runs/surrogate-split/heldout.json.gz \
-        --tag heldout-tabular --budget-fte 24 --seeds 10 --strategies (the same)
-    python -m bench.surrogate rankings           # the two rankings (final best, AUC), Kendall's tau
+        --tag heldout-recorded --budget-fte 24 --seeds 30 --strategies (the same)
+    python -m bench.surrogate rankings           # the two rankings (final best, area), tau, pairs
 
 The committed surrogate is its recipe (regressor, settings, seed) and a fingerprint of its predictions:
 `load_surrogate` refits it on the committed table in seconds and refuses a refit whose predictions differ
@@ -261,9 +261,11 @@ def fit_on(table_file: Path, model: str, seed: int, refresh: bool = False) -> Su
 
 def split(
     table: CurveTable, out_dir: Path, folds: int = 5, fold: int = 0, seed: int = 0
-) -> tuple[Path, Path]:
-    """Two packed tables: the rows of fold `fold`'s backbones (held out) and the rest, the same folds as
-    `held_out`, for replaying strategies on held-out rows against a surrogate that never saw them."""
+) -> tuple[Path, Path, Path]:
+    """Three packed tables: the rows of fold `fold`'s backbones (held out), the rest (the same folds as
+    `held_out`), and the held-out rows again with the curves a surrogate fitted on the rest predicts for
+    them. Strategies replayed on the last two search the same 65 configurations, once with recorded and
+    once with predicted curves: if the surrogate is faithful they rank the same."""
     import gzip
 
     rows = table.main_rows()
@@ -286,22 +288,43 @@ def split(
         with gzip.open(path, "wt") as f:
             json.dump(data, f)
         paths.append(path)
-    return paths[0], paths[1]
+    recipe = json.loads(SURROGATE_FILE.read_text())
+    fitted = fit_on(paths[0], recipe["model"], recipe["seed"])  # as `--blackbox surrogate-fit` fits it
+    held_rows = usable([r for r in rows if r["backbone"] in held])
+    data = {"format": 2, "planned_rows": 0, "provenance": table.provenance,
+            "rows": [{**r, "epochs": fitted.curve(r["config"])} for r in held_rows]}  # fmt: skip
+    path = out_dir / "heldout-predicted.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump(data, f)
+    return paths[0], paths[1], path
+
+
+def pair_verdict(p_first: float, p_second: float, same_direction: bool, alpha: float = 0.05) -> str:
+    """Two blackboxes' verdicts on one pair of strategies: they disagree only when both resolve the pair
+    (p < alpha) in opposite directions."""
+    resolved = (p_first < alpha, p_second < alpha)
+    if all(resolved):
+        return "agree" if same_direction else "disagree"
+    return "resolved on one only" if any(resolved) else "unresolved"
 
 
 def rankings(
-    tags: tuple[str, str] = ("heldout-surrogate", "heldout-tabular"), budget_fte: float = 24
+    tags: tuple[str, str] = ("heldout-predicted", "heldout-recorded"), budget_fte: float = 24
 ) -> dict[str, Any]:
-    """The strategies' ranking on the surrogate fitted without the held-out rows and on the held-out rows
-    themselves, and Kendall's tau between the two, by two measures: the median final best, and the median
-    area under the best-so-far curve over the budget (before a run's first full trial: the worst value
-    any run of that blackbox reached). The area ranks strategies as the normalized regret's AUC does
-    (an affine map of it, per blackbox) and separates them better (docs/benchmarks.md part 4)."""
-    from scipy.stats import kendalltau
+    """The strategies' ranking on two blackboxes (by default the held-out rows with predicted curves and
+    with recorded ones, see `split`), and Kendall's tau between the two, by two measures: the median final
+    best, and the median area under the best-so-far curve over the budget (before a run's first full
+    trial: the worst value any run of that blackbox reached). The area ranks strategies as the normalized
+    regret's AUC does (an affine map of it, per blackbox) and separates them better (docs/benchmarks.md
+    part 4). A tau over a few strategies whose medians lie within the noise says little, so each pair of
+    strategies is also compared on each blackbox (two-sided Mann-Whitney): the rankings disagree only
+    where a pair is resolved (p < 0.05) on both blackboxes in opposite directions."""
+    from scipy.stats import kendalltau, mannwhitneyu
 
     from bench.replay_analysis import best_at, load_runs
 
     measures: dict[str, dict[str, dict[str, float]]] = {"final": {}, "auc": {}}
+    samples: dict[str, dict[str, dict[str, np.ndarray]]] = {"final": {}, "auc": {}}
     seeds = {}
     for tag in tags:
         runs = load_runs(budget_fte, tag)
@@ -311,10 +334,10 @@ def rankings(
             grid_s = np.linspace(0, budget_fte, 97)[1:] * rs[0]["fte_seconds"]
             curves[name] = np.array([best_at(r, grid_s) for r in rs])
         worst = max(float(c[np.isfinite(c)].max()) for c in curves.values())
-        measures["final"][tag] = {n: float(np.median(c[:, -1])) for n, c in curves.items()}
-        measures["auc"][tag] = {
-            n: float(np.median(np.where(np.isfinite(c), c, worst).mean(axis=1))) for n, c in curves.items()
-        }
+        samples["final"][tag] = {n: c[:, -1] for n, c in curves.items()}
+        samples["auc"][tag] = {n: np.where(np.isfinite(c), c, worst).mean(axis=1) for n, c in curves.items()}
+        for measure in measures:
+            measures[measure][tag] = {n: float(np.median(v)) for n, v in samples[measure][tag].items()}
     names = sorted(set(measures["final"][tags[0]]) & set(measures["final"][tags[1]]))
     out: dict[str, Any] = {"budget_fte": budget_fte, "seeds": seeds}
     for measure, by_tag in measures.items():
@@ -323,7 +346,22 @@ def rankings(
             print(f"{measure:>5} on {tag}: " + " < ".join(f"{n} ({by_tag[tag][n]:.3f})" for n in order))
         tau = kendalltau([by_tag[tags[0]][n] for n in names], [by_tag[tags[1]][n] for n in names]).statistic
         print(f"Kendall's tau by {measure} between the two rankings of {len(names)} strategies: {tau:.2f}")
-        out[measure] = {"tau": float(tau), **{tag: {n: by_tag[tag][n] for n in names} for tag in tags}}
+        pairs = []
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                side = {}
+                for tag in tags:
+                    x, y = samples[measure][tag][a], samples[measure][tag][b]
+                    side[tag] = {"a_better": bool(np.median(x) < np.median(y)),
+                                 "p": float(mannwhitneyu(x, y, alternative="two-sided").pvalue)}  # fmt: skip
+                verdict = pair_verdict(*(side[t]["p"] for t in tags),
+                                       side[tags[0]]["a_better"] == side[tags[1]]["a_better"])  # fmt: skip
+                pairs.append({"a": a, "b": b, "verdict": verdict, **side})
+                print(f"   {a} vs {b}: " + ", ".join(
+                    f"{t} {'<' if side[t]['a_better'] else '>'} (p {side[t]['p']:.2f})" for t in tags
+                ) + f": {verdict}")  # fmt: skip
+        out[measure] = {"tau": float(tau), **{tag: {n: by_tag[tag][n] for n in names} for tag in tags},
+                        "pairs": pairs}  # fmt: skip
     return out
 
 
@@ -339,14 +377,17 @@ def main() -> None:
     sp.add_argument("--out", type=Path, default=Path("runs/surrogate-split"))
     rk = sub.add_parser("rankings", help="held-out rows against a surrogate not fitted to them")
     rk.add_argument("--budget-fte", type=float, default=24)
+    rk.add_argument("--tags", nargs=2, default=["heldout-predicted", "heldout-recorded"],
+                    help="two replay tags (heldout-surrogate: the surrogate over the whole space)")
     f = sub.add_parser("fit", help="fit the chosen regressor and write its recipe")
     f.add_argument("--table", type=Path, default=TABLE_FILE)
     f.add_argument("--model", default="extra_trees", choices=list(RECIPES))
     f.add_argument("--out", type=Path, default=SURROGATE_FILE)
     args = p.parse_args()
     if args.command == "rankings":
-        result = rankings(budget_fte=args.budget_fte)
-        out = SURROGATE_FILE.parent / "replay" / f"heldout_rankings@{args.budget_fte:g}fte.json"
+        result = rankings(tuple(args.tags), budget_fte=args.budget_fte)
+        name = "heldout_rankings" + ("" if args.tags[0] == "heldout-predicted" else f"-{args.tags[0]}")
+        out = SURROGATE_FILE.parent / "replay" / f"{name}@{args.budget_fte:g}fte.json"
         out.write_text(json.dumps(result, indent=1))
         print(f"wrote {out}")
         return

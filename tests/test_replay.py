@@ -120,3 +120,14 @@ def test_each_strategy_is_compared_with_the_one_it_would_replace():
         ("random_asha", "random_asha+share"),
         ("random_asha", "random_hyperband"),
     }
+
+
+def test_two_blackboxes_disagree_on_a_pair_only_when_both_resolve_it_oppositely():
+    from bench.surrogate import pair_verdict
+
+    assert pair_verdict(0.01, 0.02, same_direction=True) == "agree"
+    assert pair_verdict(0.01, 0.02, same_direction=False) == "disagree"
+    assert pair_verdict(0.01, 0.30, same_direction=False) == "resolved on one only"
+    assert pair_verdict(0.30, 0.01, same_direction=False) == "resolved on one only"
+    assert pair_verdict(0.30, 0.06, same_direction=False) == "unresolved"
+    assert pair_verdict(0.05, 0.01, same_direction=True) == "resolved on one only"  # p < alpha, not <=
