@@ -16,9 +16,9 @@ most the sweep's concurrency. Below `history` trials it samples exactly as TPESa
 The view is kept incrementally, because a finished trial never changes: each suggestion looks only at
 the trials created since the last one and at those that were still running then (at most the sweep's
 concurrency), and updates the best half and the newest half in place; the study is fetched once per
-suggestion. Measured on the driver (docs/benchmarks.md part 4, "The driver at scale"): 10,000 trials
-at 68-89 ms of driver time per trial, but a suggestion still grows from 13 to 37 ms; where that
-growth comes from has not been profiled yet.
+suggestion. That fetch, and `Study.ask`'s look for waiting trials, walked the whole journal until the
+study was kept in `ecgtune.journal_storage`, which answers both without walking it (measured on the
+driver: docs/benchmarks.md part 4, "The driver at scale").
 """
 
 from __future__ import annotations
