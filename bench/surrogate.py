@@ -296,6 +296,10 @@ def split(
     path = out_dir / "heldout-predicted.json.gz"
     with gzip.open(path, "wt") as f:
         json.dump(data, f)
+    final = np.array([[r["epochs"][-1]["objective"], p["epochs"][-1]["objective"]]
+                      for r, p in zip(held_rows, data["rows"], strict=True)])  # fmt: skip
+    print(f"held-out fold: {len(held_rows)} configurations; predicted final objectives rank the recorded "
+          f"ones with Spearman {spearman(final[:, 0], final[:, 1]):.2f}")  # fmt: skip
     return paths[0], paths[1], path
 
 
