@@ -98,6 +98,18 @@ class BackboneSharingSearch(PruneAwareOptunaSearch):
                                 "failed": False, "score": None, "order": len(self.groups)}  # fmt: skip
         return self.groups[gid]
 
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self._index_groups()  # a checkpoint written before the heaps existed holds only `groups`
+
+    def _index_groups(self) -> None:
+        """The heaps and the sorted scores, from `groups` alone."""
+        live = [g for g in self.groups.values() if self._is_open(g)]
+        scored = [g for g in self.groups.values() if g["score"] is not None]
+        self._open_by_order = sorted((g["order"], g["id"]) for g in live)  # a sorted list is a heap
+        self._open_by_score = sorted((g["score"], g["order"], g["id"]) for g in scored if self._is_open(g))
+        self._scores = sorted(g["score"] for g in scored if not g["failed"])
+
     def _is_open(self, group: dict[str, Any]) -> bool:
         share = self.sharing
         return (share is not None and group["ready"] and not group["failed"]

@@ -181,3 +181,16 @@ def test_the_pick_equals_its_definition_over_a_random_sweep(seed):
             if epoch >= PRETRAIN + 2 or (epoch > PRETRAIN and rng.random() < 0.3):
                 del running[trial]
     assert picks > 20  # the sweep reused backbones, so the picks compared were not all None
+
+
+def test_a_checkpoint_without_the_heaps_restores_the_same_picks(tmp_path):
+    """A sweep checkpointed by a version whose searcher kept only `groups` resumes with the same picks."""
+    s = searcher(trials_per_backbone=3, pick="best", top_fraction=1.0)
+    for i in range(4):
+        s.suggest(f"t{i}")
+        report(s, f"t{i}", PRETRAIN + 1, float(4 - i))  # pretrained and scored at the first rung
+    s._open_by_order, s._open_by_score, s._scores = [], [], []  # as an older version saved it
+    s.save(str(tmp_path / "searcher.pkl"))
+    restored = searcher(trials_per_backbone=3, pick="best", top_fraction=1.0)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored._pick() is _pick_by_definition(restored) is not None
