@@ -264,8 +264,8 @@ def split(
 ) -> tuple[Path, Path, Path]:
     """Three packed tables: the rows of fold `fold`'s backbones (held out), the rest (the same folds as
     `held_out`), and the held-out rows again with the curves a surrogate fitted on the rest predicts for
-    them. Strategies replayed on the last two search the same 65 configurations, once with recorded and
-    once with predicted curves: if the surrogate is faithful they rank the same."""
+    them. Strategies replayed on the last two search the same configurations (65 for one fold of five),
+    once with recorded and once with predicted curves: if the surrogate is faithful they rank the same."""
     import gzip
 
     rows = table.main_rows()
@@ -379,6 +379,8 @@ def main() -> None:
     sp = sub.add_parser("split", help="held-out and training tables of one fold, for `rankings`")
     sp.add_argument("--table", type=Path, default=TABLE_FILE)
     sp.add_argument("--out", type=Path, default=Path("runs/surrogate-split"))
+    sp.add_argument("--folds", type=int, default=5, help="folds of backbones (2: hold out half)")
+    sp.add_argument("--fold", type=int, default=0, help="which fold is held out")
     rk = sub.add_parser("rankings", help="held-out rows against a surrogate not fitted to them")
     rk.add_argument("--budget-fte", type=float, default=24)
     rk.add_argument("--tags", nargs=2, default=["heldout-predicted", "heldout-recorded"],
@@ -397,7 +399,9 @@ def main() -> None:
         return
     table = CurveTable(args.table)
     if args.command == "split":
-        for path in split(table, args.out):
+        if not 0 <= args.fold < args.folds:
+            p.error(f"--fold {args.fold}: expected 0 to {args.folds - 1} (--folds {args.folds})")
+        for path in split(table, args.out, folds=args.folds, fold=args.fold):
             print(f"wrote {path}")
         return
     if args.command == "validate":

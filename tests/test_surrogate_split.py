@@ -1,0 +1,51 @@
+"""`python -m bench.surrogate split`: the held-out check of the search benchmark replays strategies on
+held-out rows twice, with their recorded curves and with the curves a surrogate fitted on the other rows
+predicts. That check means something only if the held-out rows are whole backbones (every fine-tuning
+setting of a pretraining, since those share most of their curve), the folds partition the table, and the
+predicting surrogate never saw a held-out row."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from bench import surrogate
+from bench.curve_table import TABLE_FILE, CurveTable
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(path):
+    with gzip.open(path, "rt") as f:
+        return json.load(f)["rows"]
+
+
+def test_two_folds_hold_out_complementary_whole_backbones_predicted_without_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(surrogate, "CACHE_DIR", tmp_path / "cache")  # not the user's cache
+    # The committed recipe names a GP (a minute to fit on 2 cores); split must use whichever the recipe
+    # names, so name one fitted in a blink.
+    recipe = {**json.loads(surrogate.SURROGATE_FILE.read_text()), "model": "knn"}
+    (tmp_path / "surrogate.json").write_text(json.dumps(recipe))
+    monkeypatch.setattr(surrogate, "SURROGATE_FILE", tmp_path / "surrogate.json")
+    table = CurveTable(TABLE_FILE)
+    rows = table.main_rows()
+    held_ids = []
+    for fold in (0, 1):
+        train_path, held_path, predicted_path = surrogate.split(table, tmp_path / f"f{fold}", folds=2, fold=fold)
+        train, held, predicted = _rows(train_path), _rows(held_path), _rows(predicted_path)
+        assert sorted(r["id"] for r in train + held) == sorted(r["id"] for r in rows)
+        assert not {r["backbone"] for r in train} & {r["backbone"] for r in held}
+        assert abs(len(held) - len(rows) / 2) <= 5  # half the backbones, 5 fine-tunings each
+        held_ids.append({r["id"] for r in held})
+        # The held-out rows again, each curve the prediction of a surrogate fitted on the training rows only.
+        usable = surrogate.usable(held)
+        assert [(r["id"], r["config"]) for r in predicted] == [(r["id"], r["config"]) for r in usable]
+        fitted = surrogate.Surrogate(train, recipe["model"], recipe["seed"])
+        some = predicted[:: max(1, len(predicted) // 8)]
+        for r in some:
+            assert r["epochs"] == fitted.curve(r["config"])  # exact: JSON keeps a float's every bit
+        recorded = {r["id"]: r["epochs"][-1]["objective"] for r in usable}
+        assert any(r["epochs"][-1]["objective"] != pytest.approx(recorded[r["id"]]) for r in some)
+    assert not held_ids[0] & held_ids[1] and held_ids[0] | held_ids[1] == {r["id"] for r in rows}
