@@ -33,8 +33,8 @@ def test_two_folds_hold_out_complementary_whole_backbones_predicted_without_them
     rows = table.main_rows()
     held_ids = []
     for fold in (0, 1):
-        train_path, held_path, predicted_path = surrogate.split(table, tmp_path / f"f{fold}", folds=2, fold=fold)
-        train, held, predicted = _rows(train_path), _rows(held_path), _rows(predicted_path)
+        paths = surrogate.split(table, tmp_path / f"f{fold}", folds=2, fold=fold)
+        train, held, predicted = (_rows(p) for p in paths)
         assert sorted(r["id"] for r in train + held) == sorted(r["id"] for r in rows)
         assert not {r["backbone"] for r in train} & {r["backbone"] for r in held}
         assert abs(len(held) - len(rows) / 2) <= 5  # half the backbones, 5 fine-tunings each
