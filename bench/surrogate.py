@@ -272,7 +272,8 @@ def split(
     backbones = sorted({r["backbone"] for r in rows})
     order = np.random.default_rng(seed).permutation(backbones)
     held = {b for i, b in enumerate(order) if i % folds == fold}
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _claim_split_dir(out_dir, {"folds": folds, "fold": fold, "seed": seed,
+                               "table_packed": table.provenance.get("packed")})  # fmt: skip
     paths = []
     for name, keep in (
         ("train", lambda r: r["backbone"] not in held),
@@ -301,6 +302,23 @@ def split(
     print(f"held-out fold: {len(held_rows)} configurations; predicted final objectives rank the recorded "
           f"ones with Spearman {spearman(final[:, 0], final[:, 1]):.2f}")  # fmt: skip
     return paths[0], paths[1], path
+
+
+def _claim_split_dir(out_dir: Path, which: dict[str, Any]) -> None:
+    """A folder holds one split: writing the same split again (deterministic) is allowed, another split
+    would silently change the tables earlier replays of that folder were run on, so it is refused."""
+    manifest = out_dir / "split.json"
+    if manifest.is_file():
+        if json.loads(manifest.read_text()) != which:
+            raise ValueError(f"{out_dir}: holds another split ({manifest.read_text().strip()}); "
+                             f"expected {json.dumps(which)}: pass another --out")  # fmt: skip
+        return
+    taken = [p.name for p in out_dir.glob("*.json.gz")] if out_dir.is_dir() else []
+    if taken:
+        raise ValueError(f"{out_dir}: holds {', '.join(sorted(taken))} but no split.json; expected an "
+                         f"empty or new folder: pass another --out")  # fmt: skip
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(json.dumps(which))
 
 
 def pair_verdict(p_first: float, p_second: float, same_direction: bool, alpha: float = 0.05) -> str:
@@ -401,7 +419,11 @@ def main() -> None:
     if args.command == "split":
         if not 0 <= args.fold < args.folds:
             p.error(f"--fold {args.fold}: expected 0 to {args.folds - 1} (--folds {args.folds})")
-        for path in split(table, args.out, folds=args.folds, fold=args.fold):
+        try:
+            paths = split(table, args.out, folds=args.folds, fold=args.fold)
+        except ValueError as e:
+            raise SystemExit(f"python -m bench.surrogate split: {e}") from None
+        for path in paths:
             print(f"wrote {path}")
         return
     if args.command == "validate":

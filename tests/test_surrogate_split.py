@@ -49,3 +49,26 @@ def test_two_folds_hold_out_complementary_whole_backbones_predicted_without_them
         recorded = {r["id"]: r["epochs"][-1]["objective"] for r in usable}
         assert any(r["epochs"][-1]["objective"] != pytest.approx(recorded[r["id"]]) for r in some)
     assert not held_ids[0] & held_ids[1] and held_ids[0] | held_ids[1] == {r["id"] for r in rows}
+
+
+def test_a_folder_keeps_its_split(tmp_path, monkeypatch):
+    """Earlier replays ran on a folder's tables: writing the same split again is harmless (it is
+    deterministic), another split or a folder of unknown tables is refused before anything is written."""
+    recipe = {**json.loads(surrogate.SURROGATE_FILE.read_text()), "model": "knn"}
+    (tmp_path / "surrogate.json").write_text(json.dumps(recipe))
+    monkeypatch.setattr(surrogate, "SURROGATE_FILE", tmp_path / "surrogate.json")
+    monkeypatch.setattr(surrogate, "CACHE_DIR", tmp_path / "cache")
+    table = CurveTable(TABLE_FILE)
+    out = tmp_path / "split"
+    surrogate.split(table, out, folds=2, fold=0)
+    before = {p.name: _rows(p) for p in out.glob("*.json.gz")}
+    surrogate.split(table, out, folds=2, fold=0)
+    with pytest.raises(ValueError, match=r"split: holds another split .* pass another --out"):
+        surrogate.split(table, out, folds=2, fold=1)
+    assert {p.name: _rows(p) for p in out.glob("*.json.gz")} == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "heldout.json.gz").write_bytes(b"a user's table")
+    with pytest.raises(ValueError, match=r"mine: holds heldout.json.gz but no split.json"):
+        surrogate.split(table, mine, folds=2, fold=0)
+    assert (mine / "heldout.json.gz").read_bytes() == b"a user's table"
