@@ -338,7 +338,9 @@ def rankings(
     best, and the median area under the best-so-far curve over the budget (before a run's first full
     trial: the worst value any run of that blackbox reached). The area ranks strategies as the normalized
     regret's AUC does (an affine map of it, per blackbox) and separates them better (docs/benchmarks.md
-    part 4). A tau over a few strategies whose medians lie within the noise says little, so each pair of
+    part 4). A tag `a+b` pools the runs of two tags (two held-out folds: each strategy has the same
+    seeds on each, so pooling adds the same between-fold spread to every strategy). A tau over a few
+    strategies whose medians lie within the noise says little, so each pair of
     strategies is also compared on each blackbox (two-sided Mann-Whitney): the rankings disagree only
     where a pair is resolved (p < 0.05) on both blackboxes in opposite directions."""
     from scipy.stats import kendalltau, mannwhitneyu
@@ -348,13 +350,15 @@ def rankings(
     measures: dict[str, dict[str, dict[str, float]]] = {"final": {}, "auc": {}}
     samples: dict[str, dict[str, dict[str, np.ndarray]]] = {"final": {}, "auc": {}}
     seeds = {}
+    grid_fte = np.linspace(0, budget_fte, 97)[1:]
     for tag in tags:
-        runs = load_runs(budget_fte, tag)
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for part in tag.split("+"):  # `a+b`: two tags' runs pooled, e.g. two held-out folds
+            for name, rs in load_runs(budget_fte, part).items():
+                runs.setdefault(name, []).extend(rs)
         seeds[tag] = {name: len(rs) for name, rs in runs.items()}
-        curves = {}
-        for name, rs in runs.items():
-            grid_s = np.linspace(0, budget_fte, 97)[1:] * rs[0]["fte_seconds"]
-            curves[name] = np.array([best_at(r, grid_s) for r in rs])
+        curves = {name: np.array([best_at(r, grid_fte * r["fte_seconds"]) for r in rs])
+                  for name, rs in runs.items()}  # fmt: skip
         worst = max(float(c[np.isfinite(c)].max()) for c in curves.values())
         samples["final"][tag] = {n: c[:, -1] for n, c in curves.items()}
         samples["auc"][tag] = {n: np.where(np.isfinite(c), c, worst).mean(axis=1) for n, c in curves.items()}
@@ -402,7 +406,8 @@ def main() -> None:
     rk = sub.add_parser("rankings", help="held-out rows against a surrogate not fitted to them")
     rk.add_argument("--budget-fte", type=float, default=24)
     rk.add_argument("--tags", nargs=2, default=["heldout-predicted", "heldout-recorded"],
-                    help="two replay tags (heldout-surrogate: the surrogate over the whole space)")
+                    help="two replay tags (heldout-surrogate: the surrogate over the whole space; "
+                    "a+b pools two tags' runs)")
     f = sub.add_parser("fit", help="fit the chosen regressor and write its recipe")
     f.add_argument("--table", type=Path, default=TABLE_FILE)
     f.add_argument("--model", default="extra_trees", choices=list(RECIPES))
