@@ -72,3 +72,30 @@ def test_a_folder_keeps_its_split(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"mine: holds heldout.json.gz but no split.json"):
         surrogate.split(table, mine, folds=2, fold=0)
     assert (mine / "heldout.json.gz").read_bytes() == b"a user's table"
+
+
+def test_rankings_pool_two_folds_each_run_on_its_own_full_trial_seconds(tmp_path, monkeypatch):
+    """`rankings --tags a+b c+d`: each strategy's runs of both tags together. A run's best-so-far is read
+    on its own fold's full-trial seconds: two folds whose runs are the same in FTE, though not in seconds,
+    pool to what each gives alone."""
+    from bench import replay_analysis
+
+    monkeypatch.setattr(replay_analysis, "RESULTS_DIR", tmp_path)
+
+    def write(name, tag, fte_seconds, first):  # 2.0 at 0.5 FTE, then 1.0 from `first` FTE on
+        runs = [{"strategy": name, "fte_seconds": fte_seconds,
+                 "best_steps": [[0.5 * fte_seconds, 2.0], [(first + k / 100) * fte_seconds, 1.0]]}
+                for k in range(8)]  # fmt: skip
+        (tmp_path / f"{name}@4fte-{tag}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
+
+    for side in ("p", "r"):
+        for fold, fte_seconds in ((0, 10.0), (1, 1000.0)):
+            write("fast", f"{side}{fold}", fte_seconds, 1)
+            write("slow", f"{side}{fold}", fte_seconds, 3)
+    alone = surrogate.rankings(("p0", "r0"), budget_fte=4)
+    pooled = surrogate.rankings(("p0+p1", "r0+r1"), budget_fte=4)
+    assert pooled["seeds"] == {"p0+p1": {"fast": 16, "slow": 16}, "r0+r1": {"fast": 16, "slow": 16}}
+    assert alone["auc"]["p0"]["fast"] < alone["auc"]["p0"]["slow"]
+    for measure in ("final", "auc"):
+        assert pooled[measure]["p0+p1"] == pytest.approx(alone[measure]["p0"])
+        assert pooled[measure]["r0+r1"] == pytest.approx(alone[measure]["r0"])
