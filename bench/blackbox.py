@@ -7,7 +7,8 @@ a configuration of the table's space in, the epochs a trial of it would report a
 
 `SurrogateBlackbox` answers for any configuration (bench/surrogate.py); `TabularBlackbox` answers with the
 recorded curve of the nearest recorded configuration in the unit cube (a configuration of the table is its
-own nearest), for checks on held-out rows. Costs come from bench/cost_model.py in both.
+own nearest; "tabular-by-backbone": the nearest backbone first, for replays that share backbones), for
+checks on held-out rows. Costs come from bench/cost_model.py in both.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from bench.cost_model import TIMING_FILE, CostModel, StageCosts, asha_mean_epochs, shipped_scale
-from bench.curve_table import TABLE_FILE, CurveTable, load_space_spec
+from bench.curve_table import TABLE_FILE, CurveTable, backbone_keys, load_space_spec
 from bench.surrogate import METRICS, SURROGATE_FILE, fit_on, load_surrogate, usable
 from bench.unit_cube import cube_keys, encode
 
@@ -72,13 +73,25 @@ class SurrogateBlackbox:
 
 
 class TabularBlackbox:
-    """The recorded rows only: a configuration gets the curve of its nearest recorded configuration."""
+    """The recorded rows only: a configuration gets the curve of its nearest recorded configuration.
 
-    def __init__(self, rows: list[dict[str, Any]], timing_file: Path = TIMING_FILE):
+    `by_backbone`: nearest in two steps, the recorded backbone nearest in the backbone's coordinates, then
+    that backbone's fine-tuning setting nearest in the others. Backbone sharing needs it: trials that
+    share a backbone (the same model.* and pretrain.* values) then replay one recorded pretraining, as
+    they would train one; nearest over all coordinates can give a trial that reused a backbone, and pays
+    only its load, the curve of another backbone's row."""
+
+    def __init__(
+        self, rows: list[dict[str, Any]], timing_file: Path = TIMING_FILE, by_backbone: bool = False
+    ):
         self.rows = usable(rows)
         self.space = load_space_spec().search.space
         self.keys = cube_keys(self.space)
         self.points = np.array([encode(self.space, self.keys, r["config"]) for r in self.rows])
+        self.by_backbone = by_backbone
+        is_backbone = np.array([k in backbone_keys(self.space) for k in self.keys])
+        self.backbone_dims, self.finetune_dims = is_backbone, ~is_backbone
+        self.backbone_of = np.array([r["backbone"] for r in self.rows])
         first = self.rows[0]["epochs"]
         self.pretrain_epochs = sum(e["stage"] == "pretrain" for e in first)
         self.finetune_epochs = len(first) - self.pretrain_epochs
@@ -91,7 +104,11 @@ class TabularBlackbox:
         )
 
     def nearest(self, config: Mapping[str, Any]) -> dict[str, Any]:
-        d = np.sum((self.points - encode(self.space, self.keys, config)) ** 2, axis=1)
+        gap = (self.points - encode(self.space, self.keys, config)) ** 2
+        if not self.by_backbone:
+            return self.rows[int(np.argmin(gap.sum(axis=1)))]
+        backbone = self.backbone_of[int(np.argmin(gap[:, self.backbone_dims].sum(axis=1)))]
+        d = np.where(self.backbone_of == backbone, gap[:, self.finetune_dims].sum(axis=1), np.inf)
         return self.rows[int(np.argmin(d))]
 
     def curve(self, config: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -143,14 +160,16 @@ class ToyBlackbox:
 @functools.cache
 def load_blackbox(kind: str = "surrogate", path: str | None = None) -> Blackbox:
     """The blackbox a replay uses, once per process: the committed surrogate, ("tabular", table) the
-    rows of a packed table, "surrogate-proportional" (the surrogate with stage costs in proportion to the
-    shipped sweep's ECG counts, uncalibrated), or "toy" (tests)."""
+    rows of a packed table ("tabular-by-backbone": nearest backbone first, see `TabularBlackbox`),
+    "surrogate-proportional" (the surrogate with stage costs in proportion to the shipped sweep's ECG
+    counts, uncalibrated), or "toy" (tests)."""
     if kind == "toy":
         return ToyBlackbox()
     if kind == "surrogate-fit":  # fitted afresh on `path` (a subset of the table), no committed recipe
         return SurrogateBlackbox(surrogate_file=None, table_file=Path(path))
-    if kind == "tabular":
-        return TabularBlackbox(CurveTable(Path(path) if path else TABLE_FILE).main_rows())
+    if kind in ("tabular", "tabular-by-backbone"):
+        rows = CurveTable(Path(path) if path else TABLE_FILE).main_rows()
+        return TabularBlackbox(rows, by_backbone=kind == "tabular-by-backbone")
     if kind == "surrogate-proportional":  # pretraining charged in proportion, not to the shipped share
         return SurrogateBlackbox(table_file=Path(path) if path else TABLE_FILE, calibrated=False)
     return SurrogateBlackbox(table_file=Path(path) if path else TABLE_FILE)

@@ -474,7 +474,7 @@ def main() -> None:
     r.add_argument(
         "--blackbox",
         default="surrogate",
-        choices=["surrogate", "surrogate-proportional", "surrogate-fit", "tabular"],
+        choices=["surrogate", "surrogate-proportional", "surrogate-fit", "tabular", "tabular-by-backbone"],
     )
     r.add_argument("--table", type=Path, default=TABLE_FILE)
     r.add_argument("--jobs", type=int, default=1, help="processes, each with its own local Ray")

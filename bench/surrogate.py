@@ -268,6 +268,10 @@ def split(
     once with recorded and once with predicted curves: if the surrogate is faithful they rank the same."""
     import gzip
 
+    if folds < 2:  # one fold holds out every backbone and leaves the surrogate nothing to fit on
+        raise ValueError(f"--folds {folds}: expected 2 or more (1 would hold out every backbone)")
+    if not 0 <= fold < folds:
+        raise ValueError(f"--fold {fold}: expected 0 to {folds - 1} (--folds {folds})")
     rows = table.main_rows()
     backbones = sorted({r["backbone"] for r in rows})
     order = np.random.default_rng(seed).permutation(backbones)
@@ -422,8 +426,6 @@ def main() -> None:
         return
     table = CurveTable(args.table)
     if args.command == "split":
-        if not 0 <= args.fold < args.folds:
-            p.error(f"--fold {args.fold}: expected 0 to {args.folds - 1} (--folds {args.folds})")
         try:
             paths = split(table, args.out, folds=args.folds, fold=args.fold)
         except ValueError as e:

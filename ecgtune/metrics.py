@@ -1,6 +1,6 @@
 """The series ecgtune publishes to Ray's Prometheus export: the one list of their names.
 
-The gauges (`ecgtune.trial._DashboardGauges`, `ecgtune.sweep_callbacks.SweepGauges`) are built from these
+The gauges (`ecgtune.sweep_callbacks.SweepGauges`, on the sweep's driver) are built from these
 entries, `cluster/grafana/ecgtune-dashboard.json` queries them, and the README's monitoring section
 names them; `tests/test_monitoring.py` checks that the three agree. No Ray import here, so
 that test runs in a second without a cluster.
@@ -8,8 +8,8 @@ that test runs in a second without a cluster.
 Ray prefixes every custom metric with `ray_`: `Gauge("ecgtune_trial_epoch")` is scraped as
 `ray_ecgtune_trial_epoch`. A process hands a gauge set since its last report to the node's metrics
 agent every `metrics_report_interval_ms` (10 s by default), and the agent keeps a value for two such
-intervals; `KeptGauge` (below) re-sets the latest values, so a series lives as long as the process
-that publishes it, plus those two intervals.
+intervals; `KeptGauge` (below) re-sets the latest values until they are released (a trial's when it
+ends, the sweep's when it ends), so a series lives that long plus those two intervals.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ class Series:
     name: str
     description: str
     labels: tuple[str, ...]
-    published_by: str  # "trial" (each trial's worker process) or "driver" (the sweep's driver)
     off_board: str | None = None
 
     @property
@@ -48,29 +47,25 @@ TRIAL_OBJECTIVE = Series(
     "PTB-XL validation objective after each epoch of both stages (during pretraining: the pretrained "
     "model read out zero-shot); mean over targets of MAE / clinical tolerance, lower is better",
     ("sweep", "trial"),
-    "trial",
 )
 TRIAL_FINETUNE_OBJECTIVE = Series(
     "ecgtune_trial_finetune_objective",
     "PTB-XL validation objective after each fine-tuning epoch only (no value during pretraining)",
     ("sweep", "trial"),
-    "trial",
 )
 TRIAL_VAL_MAE = Series(
     "ecgtune_trial_val_mae",
     "PTB-XL validation MAE after each epoch, in the target's unit (bpm for hr, ms for pr, qrs, qt)",
     ("sweep", "trial", "target"),
-    "trial",
 )
-TRIAL_EPOCH = Series("ecgtune_trial_epoch", "epochs finished (both stages)", ("sweep", "trial"), "trial")
+TRIAL_EPOCH = Series("ecgtune_trial_epoch", "epochs finished (both stages)", ("sweep", "trial"))
 TRIAL_STAGE = Series(
     "ecgtune_trial_stage",
     "0 = pretraining on DeepFake, 1 = fine-tuning on PTB-XL",
     ("sweep", "trial"),
-    "trial",
 )
 SWEEP_TRIALS = Series(
-    "ecgtune_sweep_trials", "trials of a sweep by state, counted by the driver", ("sweep", "state"), "driver"
+    "ecgtune_sweep_trials", "trials of a sweep by state, counted by the driver", ("sweep", "state")
 )
 
 SWEEP_BACKBONE_LOOKUPS = Series(
@@ -78,7 +73,6 @@ SWEEP_BACKBONE_LOOKUPS = Series(
     "trials of a sweep by what they found in the backbone store: hit (reused a pretrained backbone) or "
     "miss (pretrained it), counted by the driver from each trial's first result",
     ("sweep", "result"),
-    "driver",
 )
 # ray_ecgtune_sweep_backbone_lookups' `result` label values.
 LOOKUP_RESULTS: dict[str, str] = {"reused": "hit", "pretrained": "miss"}
@@ -105,8 +99,8 @@ class _Keeper:
     Ray 2.60 exports a worker's gauge to the node's metrics agent only in a report interval in which
     it was set, and the agent drops a value two intervals after its last export. Measured with the
     default 10 s interval: a value set once was scraped from 10 s to 30 s after the set and then no
-    more, though its process lived on. A trial sets its gauges once per epoch (minutes on a GPU
-    node) and the driver once per trial event, so without this the board would show a few seconds
+    more, though its process lived on. The driver sets a trial's gauges once per epoch (minutes on a
+    GPU node) and the counts once per trial event, so without this the board would show a few seconds
     after each epoch and gaps in between.
     """
 
@@ -123,9 +117,10 @@ class _Keeper:
                 self._thread = threading.Thread(target=self._run, name="ecgtune-gauges", daemon=True)
                 self._thread.start()
 
-    def release(self, owner: KeptGauge) -> None:
+    def release(self, owner: KeptGauge, match: dict[str, str] | None = None) -> None:
+        items = set((match or {}).items())
         with self._lock:
-            for key in [k for k in self._values if k[0] == id(owner)]:
+            for key in [k for k in self._values if k[0] == id(owner) and items <= set(k[1])]:
                 del self._values[key]
 
     def refresh(self) -> None:
@@ -158,6 +153,7 @@ class KeptGauge:
         self.gauge.set(value, tags)
         _KEEPER.set(self, value, tags)
 
-    def release(self) -> None:
-        """Stop re-setting: the series ends two report intervals after its last export."""
-        _KEEPER.release(self)
+    def release(self, match: dict[str, str] | None = None) -> None:
+        """Stop re-setting the label sets that include `match` (all of them without one): each series
+        ends two report intervals after its last export."""
+        _KEEPER.release(self, match)

@@ -3,10 +3,10 @@
 The driver (`ecgtune.search`) passes `config = {"spec": <Spec as dict>, <sampled params>...}`
 or `{"spec": ..., "variant": name}`. Everything the trial does lives in
 `ecgtune.stages.TwoStageRun`; this file only adapts it to Tune: resume from
-`tune.get_checkpoint()`, one `tune.report(metrics, checkpoint=...)` per epoch,
-and dashboard metrics. An epoch that diverged (NaN/inf loss or objective) is reported without a
-checkpoint and ends the trial without an error (`ecgtune.searchers` tells Optuna FAIL and keeps it
-out of ASHA's rungs).
+`tune.get_checkpoint()` and one `tune.report(metrics, checkpoint=...)` per epoch (the driver turns
+those into the dashboard's series: `ecgtune.sweep_callbacks`). An epoch that diverged (NaN/inf loss
+or objective) is reported without a checkpoint and ends the trial without an error
+(`ecgtune.searchers` tells Optuna FAIL and keeps it out of ASHA's rungs).
 """
 
 from __future__ import annotations
@@ -18,15 +18,12 @@ from typing import Any
 import ray
 import torch
 from ray import tune
-from ray.util.metrics import Gauge
 
-from ecgtune import metrics as m
 from ecgtune.backbones import BackboneStore, ClaimTiming
-from ecgtune.experiment import MAE_KEY, trial_spec
+from ecgtune.experiment import trial_spec
 from ecgtune.reuse import SharedPretraining
 from ecgtune.spec import Spec
 from ecgtune.stages import TwoStageRun
-from ecgtune.targets import TARGET_NAMES
 
 
 class GPUUnavailableError(RuntimeError):
@@ -71,7 +68,6 @@ def run_trial(config: dict[str, Any]) -> None:
             run.load(d)
     context = tune.get_context()
     shared = shared_pretraining(run, context.get_trial_id(), context.get_experiment_name())
-    gauges = _DashboardGauges(config["spec"]["name"], context.get_trial_id())
     node_id = ray.get_runtime_context().get_node_id()
     try:
         shared.prepare()  # reuse the stored backbone, wait for the trial pretraining it, or claim it
@@ -81,7 +77,6 @@ def run_trial(config: dict[str, Any]) -> None:
             metrics["node_id"] = node_id
             metrics["device"] = device
             metrics["cuda_bytes_at_start"] = cuda_bytes_at_start
-            gauges.update(metrics)
             if run.diverged:
                 # The trial ends here (run.done), reported as diverged; raising instead would make Tune retry
                 # a deterministic divergence max_failures times. No checkpoint of NaN weights: a retry or a
@@ -95,7 +90,6 @@ def run_trial(config: dict[str, Any]) -> None:
         # A trial stopped, failed or killed mid-pretraining gives its claim up, so a waiting trial
         # pretrains the key at once rather than after the claim's lease.
         shared.close()
-        gauges.close()
 
 
 def shared_pretraining(run: TwoStageRun, trial_id: str, sweep: str) -> SharedPretraining:
@@ -110,48 +104,3 @@ def shared_pretraining(run: TwoStageRun, trial_id: str, sweep: str) -> SharedPre
         provenance={"trial": trial_id, "sweep": sweep},
         timing=ClaimTiming(lease_s=spec.run.backbone_lease_s),
     )
-
-
-class _DashboardGauges:
-    """Per-trial series for the Ray dashboard's Prometheus/Grafana view (Tune itself exports none);
-    names, help texts and labels come from `ecgtune.metrics`. Values stay on the metrics export
-    between epochs (`metrics.KeptGauge`) until the trial ends."""
-
-    _previous: _DashboardGauges | None = None  # the trial this worker ran before (reuse_actors)
-
-    def __init__(self, sweep: str, trial_id: str):
-        if _DashboardGauges._previous is not None:
-            _DashboardGauges._previous.close()  # a reused worker: that trial is over
-        _DashboardGauges._previous = self
-        self.tags = {"sweep": sweep, "trial": trial_id}
-        self.objective = _gauge(m.TRIAL_OBJECTIVE)
-        # The objective of fine-tuning epochs only: a "best so far" over it never counts the zero-shot
-        # read-outs of pretraining, which no fine-tuned model reached.
-        self.finetune_objective = _gauge(m.TRIAL_FINETUNE_OBJECTIVE)
-        self.epoch = _gauge(m.TRIAL_EPOCH)
-        self.stage = _gauge(m.TRIAL_STAGE)
-        self.mae = _gauge(m.TRIAL_VAL_MAE)
-
-    def update(self, metrics: dict[str, Any]) -> None:
-        self.objective.set(metrics["objective"], self.tags)
-        if metrics["stage"] == "finetune":
-            self.finetune_objective.set(metrics["objective"], self.tags)
-        self.epoch.set(metrics["epoch"], self.tags)
-        self.stage.set(m.STAGE_VALUES[metrics["stage"]], self.tags)
-        for t in TARGET_NAMES:
-            if MAE_KEY.format(t) in metrics:
-                self.mae.set(metrics[MAE_KEY.format(t)], {**self.tags, "target": t})
-
-    def close(self) -> None:
-        for gauge in vars(self).values():
-            if isinstance(gauge, m.KeptGauge):
-                gauge.release()
-
-
-def _gauge(series: m.Series) -> m.KeptGauge:
-    return m.KeptGauge(Gauge(series.name, series.description, series.labels), metrics_report_interval_s())
-
-
-def metrics_report_interval_s() -> float:
-    """How often this process hands its metrics to the node's agent (RAY_metrics_report_interval_ms)."""
-    return max(ray._config.metrics_report_interval_ms(), 1000) / 1000

@@ -39,10 +39,8 @@ class RecordingGauge:
 @pytest.fixture
 def recorded(monkeypatch) -> list[RecordingGauge]:
     import ecgtune.sweep_callbacks
-    import ecgtune.trial
 
     RecordingGauge.made = []
-    monkeypatch.setattr(ecgtune.trial, "Gauge", RecordingGauge)
     monkeypatch.setattr(ecgtune.sweep_callbacks, "Gauge", RecordingGauge)
     return RecordingGauge.made
 
@@ -53,16 +51,15 @@ def _epoch(stage: str, epoch: int, objective: float) -> dict[str, Any]:
 
 def _publish_everything() -> dict[str, RecordingGauge]:
     from ecgtune.sweep_callbacks import SweepGauges
-    from ecgtune.trial import _DashboardGauges
 
-    gauges = _DashboardGauges("s", "t1")
-    gauges.update(_epoch("pretrain", 1, 0.5))  # zero-shot read-out: better than anything fine-tuned
-    gauges.update(_epoch("finetune", 2, 1.5))
-    gauges.update(_epoch("finetune", 3, 1.2))
-    gauges.close()
     sweep = SweepGauges("s")
-    sweep.on_trial_start(0, [], None)
-    sweep.on_trial_result(0, [], SimpleNamespace(trial_id="t1"), {"backbone": "reused"})
+    t1 = SimpleNamespace(trial_id="t1", last_result={})
+    sweep.on_trial_start(0, [], t1)
+    # The first epoch is a zero-shot read-out: better than anything fine-tuned.
+    sweep.on_trial_result(0, [], t1, {**_epoch("pretrain", 1, 0.5), "backbone": "reused"})
+    sweep.on_trial_result(0, [], t1, _epoch("finetune", 2, 1.5))
+    sweep.on_trial_result(0, [], t1, _epoch("finetune", 3, 1.2))
+    sweep.on_trial_complete(0, [], t1)
     sweep.on_experiment_end([])
     return {g.name: g for g in RecordingGauge.made}
 
@@ -152,28 +149,43 @@ def test_readmes_name_the_series_the_code_publishes():
 
 def test_gauges_keep_their_latest_values_until_the_trial_ends(recorded):
     """Ray exports a gauge only in a report interval in which it was set; the keeper re-sets the latest
-    values (one per label set) so a trial's series does not vanish between epochs minutes apart."""
+    values (one per label set) so a trial's series does not vanish between epochs minutes apart, and
+    stops re-setting a trial's once Tune ends that trial."""
     from ecgtune.metrics import _KEEPER
-    from ecgtune.trial import _DashboardGauges
+    from ecgtune.sweep_callbacks import SweepGauges
 
-    first = _DashboardGauges("s", "t1")
-    first.update(_epoch("pretrain", 1, 0.5))
-    first.update(_epoch("finetune", 2, 1.5))
-    epoch = next(g for g in recorded if g.name == metrics.TRIAL_EPOCH.name)
+    sweep = SweepGauges("s")
+    t1, t2 = (SimpleNamespace(trial_id=t, last_result={}) for t in ("t1", "t2"))
+    sweep.on_trial_start(0, [], t1)
+    sweep.on_trial_result(0, [], t1, _epoch("pretrain", 1, 0.5))
+    sweep.on_trial_result(0, [], t1, _epoch("finetune", 2, 1.5))
+    sweep.on_trial_start(0, [], t2)
+    sweep.on_trial_result(0, [], t2, _epoch("pretrain", 1, 0.7))
+    (epoch,) = [g for g in recorded if g.name == metrics.TRIAL_EPOCH.name]
     del epoch.values[:]
     _KEEPER.refresh()
-    assert epoch.values == [(2, {"sweep": "s", "trial": "t1"})]  # the latest value only, again
-    # A reused worker starts the next trial: the previous trial's values are no longer kept.
-    second = _DashboardGauges("s", "t2")
-    second.update(_epoch("pretrain", 1, 0.7))
-    epochs = [g for g in recorded if g.name == metrics.TRIAL_EPOCH.name]
-    for g in epochs:
-        del g.values[:]
+    assert sorted(epoch.values, key=str) == [  # the latest value of each trial only, again
+        (1, {"sweep": "s", "trial": "t2"}),
+        (2, {"sweep": "s", "trial": "t1"}),
+    ]
+    sweep.on_trial_complete(0, [], t1)  # t1 ended: its values are no longer kept, t2's are
+    del epoch.values[:]
     _KEEPER.refresh()
-    assert [v for g in epochs for v in g.values] == [(1, {"sweep": "s", "trial": "t2"})]
-    second.close()
+    assert epoch.values == [(1, {"sweep": "s", "trial": "t2"})]
+    sweep.on_experiment_end([])
+    del epoch.values[:]
     _KEEPER.refresh()
-    assert [v for g in epochs for v in g.values] == [(1, {"sweep": "s", "trial": "t2"})]
+    assert epoch.values == []
+
+
+def test_a_result_that_is_not_a_trials_epoch_is_skipped_not_raised(recorded):
+    """A callback that raises ends the sweep; a result without ecgtune's epoch keys only shows nothing."""
+    from ecgtune.sweep_callbacks import SweepGauges
+
+    sweep = SweepGauges("s")
+    sweep.on_trial_result(0, [], SimpleNamespace(trial_id="t1"), {"training_iteration": 1})
+    assert all(g.values == [] for g in recorded)
+    sweep.on_experiment_end([])
 
 
 def test_sweep_gauges_survive_tunes_pickling_and_count_states(recorded):

@@ -72,6 +72,12 @@ def test_a_folder_keeps_its_split(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"mine: holds heldout.json.gz but no split.json"):
         surrogate.split(table, mine, folds=2, fold=0)
     assert (mine / "heldout.json.gz").read_bytes() == b"a user's table"
+    # Folds that hold out everything, or a fold outside them, are refused before a folder is made.
+    refused = ((1, 0, r"--folds 1: expected 2 or more"), (2, 2, r"--fold 2: expected 0 to 1"))
+    for folds, fold, expected in refused:
+        with pytest.raises(ValueError, match=expected):
+            surrogate.split(table, tmp_path / f"none{folds}{fold}", folds=folds, fold=fold)
+        assert not (tmp_path / f"none{folds}{fold}").exists()
 
 
 def test_rankings_pool_two_folds_each_run_on_its_own_full_trial_seconds(tmp_path, monkeypatch):
