@@ -325,76 +325,6 @@ def _claim_split_dir(out_dir: Path, which: dict[str, Any]) -> None:
     manifest.write_text(json.dumps(which))
 
 
-def pair_verdict(p_first: float, p_second: float, same_direction: bool, alpha: float = 0.05) -> str:
-    """Two blackboxes' verdicts on one pair of strategies: they disagree only when both resolve the pair
-    (p < alpha) in opposite directions."""
-    resolved = (p_first < alpha, p_second < alpha)
-    if all(resolved):
-        return "agree" if same_direction else "disagree"
-    return "resolved on one only" if any(resolved) else "unresolved"
-
-
-def rankings(
-    tags: tuple[str, str] = ("heldout-predicted", "heldout-recorded"), budget_fte: float = 24
-) -> dict[str, Any]:
-    """The strategies' ranking on two blackboxes (by default the held-out rows with predicted curves and
-    with recorded ones, see `split`), and Kendall's tau between the two, by two measures: the median final
-    best, and the median area under the best-so-far curve over the budget (before a run's first full
-    trial: the worst value any run of that blackbox reached). The area ranks strategies as the normalized
-    regret's AUC does (an affine map of it, per blackbox) and separates them better (docs/benchmarks.md
-    part 4). A tag `a+b` pools the runs of two tags (two held-out folds: each strategy has the same
-    seeds on each, so pooling adds the same between-fold spread to every strategy). A tau over a few
-    strategies whose medians lie within the noise says little, so each pair of
-    strategies is also compared on each blackbox (two-sided Mann-Whitney): the rankings disagree only
-    where a pair is resolved (p < 0.05) on both blackboxes in opposite directions."""
-    from scipy.stats import kendalltau, mannwhitneyu
-
-    from bench.replay_analysis import best_at, load_runs
-
-    measures: dict[str, dict[str, dict[str, float]]] = {"final": {}, "auc": {}}
-    samples: dict[str, dict[str, dict[str, np.ndarray]]] = {"final": {}, "auc": {}}
-    seeds = {}
-    grid_fte = np.linspace(0, budget_fte, 97)[1:]
-    for tag in tags:
-        runs: dict[str, list[dict[str, Any]]] = {}
-        for part in tag.split("+"):  # `a+b`: two tags' runs pooled, e.g. two held-out folds
-            for name, rs in load_runs(budget_fte, part).items():
-                runs.setdefault(name, []).extend(rs)
-        seeds[tag] = {name: len(rs) for name, rs in runs.items()}
-        curves = {name: np.array([best_at(r, grid_fte * r["fte_seconds"]) for r in rs])
-                  for name, rs in runs.items()}  # fmt: skip
-        worst = max(float(c[np.isfinite(c)].max()) for c in curves.values())
-        samples["final"][tag] = {n: c[:, -1] for n, c in curves.items()}
-        samples["auc"][tag] = {n: np.where(np.isfinite(c), c, worst).mean(axis=1) for n, c in curves.items()}
-        for measure in measures:
-            measures[measure][tag] = {n: float(np.median(v)) for n, v in samples[measure][tag].items()}
-    names = sorted(set(measures["final"][tags[0]]) & set(measures["final"][tags[1]]))
-    out: dict[str, Any] = {"budget_fte": budget_fte, "seeds": seeds}
-    for measure, by_tag in measures.items():
-        for tag in tags:
-            order = sorted(names, key=lambda n: by_tag[tag][n])
-            print(f"{measure:>5} on {tag}: " + " < ".join(f"{n} ({by_tag[tag][n]:.3f})" for n in order))
-        tau = kendalltau([by_tag[tags[0]][n] for n in names], [by_tag[tags[1]][n] for n in names]).statistic
-        print(f"Kendall's tau by {measure} between the two rankings of {len(names)} strategies: {tau:.2f}")
-        pairs = []
-        for i, a in enumerate(names):
-            for b in names[i + 1 :]:
-                side = {}
-                for tag in tags:
-                    x, y = samples[measure][tag][a], samples[measure][tag][b]
-                    side[tag] = {"a_better": bool(np.median(x) < np.median(y)),
-                                 "p": float(mannwhitneyu(x, y, alternative="two-sided").pvalue)}  # fmt: skip
-                verdict = pair_verdict(*(side[t]["p"] for t in tags),
-                                       side[tags[0]]["a_better"] == side[tags[1]]["a_better"])  # fmt: skip
-                pairs.append({"a": a, "b": b, "verdict": verdict, **side})
-                print(f"   {a} vs {b}: " + ", ".join(
-                    f"{t} {'<' if side[t]['a_better'] else '>'} (p {side[t]['p']:.2f})" for t in tags
-                ) + f": {verdict}")  # fmt: skip
-        out[measure] = {"tau": float(tau), **{tag: {n: by_tag[tag][n] for n in names} for tag in tags},
-                        "pairs": pairs}  # fmt: skip
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.surrogate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -412,13 +342,17 @@ def main() -> None:
     rk.add_argument("--tags", nargs=2, default=["heldout-predicted", "heldout-recorded"],
                     help="two replay tags (heldout-surrogate: the surrogate over the whole space; "
                     "a+b pools two tags' runs)")
+    rk.add_argument("--margin", type=float, default=None,
+                    help="equivalence margin (default: the table's training noise, median SD over seeds)")
     f = sub.add_parser("fit", help="fit the chosen regressor and write its recipe")
     f.add_argument("--table", type=Path, default=TABLE_FILE)
     f.add_argument("--model", default="extra_trees", choices=list(RECIPES))
     f.add_argument("--out", type=Path, default=SURROGATE_FILE)
     args = p.parse_args()
     if args.command == "rankings":
-        result = rankings(tuple(args.tags), budget_fte=args.budget_fte)
+        from bench.heldout_rankings import rankings
+
+        result = rankings(tuple(args.tags), budget_fte=args.budget_fte, margin=args.margin)
         name = "heldout_rankings" + ("" if args.tags[0] == "heldout-predicted" else f"-{args.tags[0]}")
         out = SURROGATE_FILE.parent / "replay" / f"{name}@{args.budget_fte:g}fte.json"
         out.write_text(json.dumps(result, indent=1))

@@ -4,10 +4,10 @@ backbone store hits and misses) and the console's lines (`ProgressLines`). What 
 
 Every series is published here, by the driver, never by a trial's worker. Ray hands a process's gauge
 to the metrics agent once per report interval (10 s by default), and Tune ends a stopped trial's worker
-within a second of the result it was stopped on: a trial that ASHA stopped at its first report (common
-when its backbone came from the store) set its gauges and exited before any was exported, so the board
-never showed it. The driver sees every result, the one a trial was stopped on included, and lives
-through the sweep."""
+within a second of the result it was stopped on: a trial that ASHA stopped soon after its first report
+(common when its backbone came from the store) could set its gauges and exit before any was exported
+(a CI run's Prometheus had no series of one trial of four). The driver sees every result, the one a
+trial was stopped on included, and lives through the sweep; a paused trial's series stays on too."""
 
 from __future__ import annotations
 

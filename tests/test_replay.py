@@ -123,7 +123,7 @@ def test_each_strategy_is_compared_with_the_one_it_would_replace():
 
 
 def test_two_blackboxes_disagree_on_a_pair_only_when_both_resolve_it_oppositely():
-    from bench.surrogate import pair_verdict
+    from bench.heldout_rankings import pair_verdict
 
     assert pair_verdict(0.01, 0.02, same_direction=True) == "agree"
     assert pair_verdict(0.01, 0.02, same_direction=False) == "disagree"
@@ -131,3 +131,25 @@ def test_two_blackboxes_disagree_on_a_pair_only_when_both_resolve_it_oppositely(
     assert pair_verdict(0.30, 0.01, same_direction=False) == "resolved on one only"
     assert pair_verdict(0.30, 0.06, same_direction=False) == "unresolved"
     assert pair_verdict(0.05, 0.01, same_direction=True) == "resolved on one only"  # p < alpha, not <=
+
+
+def test_the_side_difference_pairs_each_seed_across_the_two_blackboxes():
+    """What a seed does on both blackboxes (an easy or a hard draw) cancels: with a large seed effect
+    shared by the two sides and little else, the interval is narrow; a strategy one side puts 0.5
+    further away is found 0.5 further away, outside any margin below that."""
+    from bench.heldout_rankings import equivalence_verdict, side_difference
+
+    rng = np.random.default_rng(1)
+
+    def runs(shift_first=0.0):
+        seed_effect = rng.normal(0.0, 1.0, 30)  # shared by both sides
+        return seed_effect + shift_first + rng.normal(0, 0.01, 30), seed_effect + rng.normal(0, 0.01, 30)
+
+    a, b = runs(), runs()
+    same = side_difference(a, b)
+    assert same["low"] < 0 < same["high"] and same["high"] - same["low"] < 0.05, same
+    assert equivalence_verdict(same["low"], same["high"], margin=0.045) == "same within margin"
+    moved = side_difference(runs(shift_first=0.5), b)
+    assert moved["point"] == pytest.approx(0.5, abs=0.02) and 0.45 < moved["low"] < moved["high"] < 0.55
+    assert equivalence_verdict(moved["low"], moved["high"], margin=0.045) == "not shown within margin"
+    assert equivalence_verdict(-0.05, 0.01, margin=0.045) == "not shown within margin"  # either side counts

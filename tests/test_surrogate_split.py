@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from bench import surrogate
+from bench import heldout_rankings, surrogate
 from bench.curve_table import TABLE_FILE, CurveTable
 
 pytestmark = pytest.mark.slow
@@ -98,8 +98,8 @@ def test_rankings_pool_two_folds_each_run_on_its_own_full_trial_seconds(tmp_path
         for fold, fte_seconds in ((0, 10.0), (1, 1000.0)):
             write("fast", f"{side}{fold}", fte_seconds, 1)
             write("slow", f"{side}{fold}", fte_seconds, 3)
-    alone = surrogate.rankings(("p0", "r0"), budget_fte=4)
-    pooled = surrogate.rankings(("p0+p1", "r0+r1"), budget_fte=4)
+    alone = heldout_rankings.rankings(("p0", "r0"), budget_fte=4)
+    pooled = heldout_rankings.rankings(("p0+p1", "r0+r1"), budget_fte=4)
     assert pooled["seeds"] == {"p0+p1": {"fast": 16, "slow": 16}, "r0+r1": {"fast": 16, "slow": 16}}
     assert alone["auc"]["p0"]["fast"] < alone["auc"]["p0"]["slow"]
     for measure in ("final", "auc"):
