@@ -16,7 +16,7 @@ read in the unit cube (bench/unit_cube.py), the coordinates the table was sample
         --tag heldout-predicted --budget-fte 24 --seeds 30 --strategies random random_asha tpe_asha ...
     python -m bench.replay run --blackbox tabular --table runs/surrogate-split/heldout.json.gz \
         --tag heldout-recorded --budget-fte 24 --seeds 30 --strategies (the same)
-    python -m bench.surrogate rankings           # the two rankings (final best, area), tau, pairs
+    python -m bench.surrogate rankings           # the two rankings, tau, pairs (bench/heldout_rankings.py)
 
 The committed surrogate is its recipe (regressor, settings, seed) and a fingerprint of its predictions:
 `load_surrogate` refits it on the committed table in seconds and refuses a refit whose predictions differ
