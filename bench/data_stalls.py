@@ -3,7 +3,7 @@
 For the smallest, the median and the largest model of each shipped search space
 (sweeps/resnet_widths.yaml, vit_patch_depth.yaml), trained with ecgtune's input pipeline
 (`Batches.epoch` over the store) and with the study-style one (a pandas `.asc` Dataset under a
-DataLoader with num_workers=2, see bench/common.py):
+DataLoader with num_workers=2, see bench/study_pipeline.py):
 
     wait % = time in next(iterator) / (wait + compute),   compute = forward, L1, backward, AdamW step
 
@@ -11,7 +11,7 @@ Models come from the spec's search space (`ecgtune.spec.apply_params` + `ecgtune
 fixed parameters from the spec): smallest = every size knob at the end of its range that gives the
 smaller model (patch size: the large end), largest = the other end, median = the median of the search
 distribution (geometric mean of log ranges, middle choice of categoricals); dropouts and learning rates
-stay at the spec's values. See `common.space_params`.
+stay at the spec's values. See `space_models.space_params`.
 
 The table also gives each side's time per step (wait + compute): on a machine with few cores the
 study's DataLoader workers parse text on the cores the training step needs, which slows the compute
@@ -35,7 +35,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from bench import common
+from bench import bench_data, common, space_models, study_pipeline
 from ecgtune.shipped import sweep_spec_path
 
 SCRIPT = "data_stalls"
@@ -74,14 +74,14 @@ def main(argv: list[str] | None = None) -> None:
     notes = []
     with tempfile.TemporaryDirectory(prefix="ecgtune-bench-stalls-") as tmp:
         common.log(f"writing {n} ECGs as a store and as .asc files ...")
-        data = common.write_bench_data(Path(tmp), n, unique=8 if args.quick else 64, seed=args.seed)
+        data = bench_data.write_bench_data(Path(tmp), n, unique=8 if args.quick else 64, seed=args.seed)
         batches = Batches(ECGStore(data.store_path).split("train"), torch.device("cpu"))
-        dataset = common.study_dataset(data.asc_paths, data.targets, scale=args.study_scale)
+        dataset = study_pipeline.study_dataset(data.asc_paths, data.targets, scale=args.study_scale)
 
         for space in args.spaces:
             for size in args.sizes:
-                config, params = common.space_model_config(sweep_spec_path(space), size)
-                flops = common.model_flops(config)
+                config, params = space_models.space_model_config(sweep_spec_path(space), size)
+                flops = space_models.model_flops(config)
                 bs = args.batch_size
                 if 3 * flops * bs > args.max_step_tflop * 1e12:
                     bs = max(1, int(args.max_step_tflop * 1e12 // (3 * flops)))
@@ -102,13 +102,15 @@ def main(argv: list[str] | None = None) -> None:
                 def study_iter(bs: int = bs):
                     nonlocal epoch
                     epoch += 1
-                    return iter(common.study_loader(dataset, bs, args.workers, seed=args.seed + epoch))
+                    return iter(
+                        study_pipeline.study_loader(dataset, bs, args.workers, seed=args.seed + epoch)
+                    )
 
                 sides = {
-                    "ecgtune": lambda mi=ecgtune_iter, m=model, o=optimizer: common.timed_steps(
+                    "ecgtune": lambda mi=ecgtune_iter, m=model, o=optimizer: study_pipeline.timed_steps(
                         mi, m, o, args.steps
                     ),
-                    "study": lambda mi=study_iter, m=model, o=optimizer: common.timed_steps(
+                    "study": lambda mi=study_iter, m=model, o=optimizer: study_pipeline.timed_steps(
                         mi, m, o, args.steps
                     ),
                 }

@@ -15,7 +15,8 @@ short by a time limit keeps what it finished):
              whatever the flag says, so switching it off in a process that already tuned measures nothing.
   study      end-to-end vs the study-style loop: a pandas `.asc` Dataset under a DataLoader with W workers
              (the study's scripts use 20, python-scripts-resnet/Main.py; default here: the machine's cores,
-             at most 20), batches copied to the GPU, fp32, AdamW, the loss read every step (bench/common.py).
+             at most 20), batches copied to the GPU, fp32, AdamW, the loss read every step
+             (bench/study_pipeline.py).
              ecgtune bf16 and ecgtune fp32 against it, and the study's share of step time spent waiting for
              data. Goal >= 20x for the sweep's small models.
   packing    1, 2 and 4 trials on one GPU at once, which is what Ray does with `resources.gpu: 1/N`: each
@@ -30,7 +31,7 @@ trains about `--run-seconds` (0.5) of its bf16 side (every side of a model train
 run). One untimed warm-up epoch per side absorbs cuDNN autotuning and allocator growth. Batch 32
 unless `--batch-size`.
 
-Data: ECG-like synthetic signals (`common.synthetic_signals`), not the GAN's: the GPU image lacks the
+Data: ECG-like synthetic signals (`bench_data.synthetic_signals`), not the GAN's: the GPU image lacks the
 `deepfake-ecg` package, the arithmetic does not depend on the values, and the `.asc` files hold numbers
 of as many digits as real ones. Models: the study's presets, the smallest, median and largest model of
 each shipped search space, and resnet_tiny (the `study` part leaves out the largest two: the study
@@ -46,20 +47,18 @@ the wheels (pydantic) to carry and the one command to run.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from bench import common
+from bench import bench_data, common, space_models, study_pipeline
+from bench.gpu_packing import part_packing
 from ecgtune.shipped import sweep_spec_path
 
 SCRIPT = "gpu"
@@ -91,7 +90,7 @@ def model_config(label: str) -> dict[str, Any]:
         space, size = label.split(":", 1)
         if space not in SPACES:
             raise SystemExit(f"unknown search space {space!r} in {label!r}; known: {list(SPACES)}")
-        return common.space_model_config(sweep_spec_path(space), size)[0]
+        return space_models.space_model_config(sweep_spec_path(space), size)[0]
     return {"name": label, "num_outputs": 4}
 
 
@@ -289,7 +288,7 @@ SETTINGS_SIDES = {
 def part_study(args, models, split, data, device, results) -> dict:
     from ecgtune.models import build_model
 
-    dataset = common.study_dataset(data.asc_paths, data.targets, scale=1000.0)
+    dataset = study_pipeline.study_dataset(data.asc_paths, data.targets, scale=1000.0)
     rows = []
     for label, m in models.items():
         if label in STUDY_SKIPS and not args.quick:
@@ -362,133 +361,16 @@ def study_side(dataset, model, optimizer, workers: int, device, args):
         passes += 1
 
         def make_iter():
-            return iter(common.study_loader(dataset, args.batch_size, workers, seed=args.seed + passes))
+            return iter(
+                study_pipeline.study_loader(dataset, args.batch_size, workers, seed=args.seed + passes)
+            )
 
-        n, t = common.timed_steps(make_iter, model, optimizer, 1 if warm else args.study_steps, device)
+        n, t = study_pipeline.timed_steps(
+            make_iter, model, optimizer, 1 if warm else args.study_steps, device
+        )
         return n, {"timed_seconds": t["wait_s"] + t["compute_s"], "wait_share": t["wait_share"]}
 
     return run
-
-
-def part_packing(args, models, data, device, results) -> dict:
-    label = args.pack_model
-    m = models[label]
-    # Size one trial's training to ~pack_seconds alone, from the model's measured bf16 rate.
-    epochs = max(1, round(m["rate"] * args.pack_seconds / m["samples"]))
-    job = {
-        "store": str(data.store_path),
-        "config": m["config"],
-        "batch_size": args.batch_size,
-        "samples": m["samples"],
-        "epochs": epochs,
-        "eval_n": min(512, m["samples"]),
-        "threads": args.pack_threads,
-        "device": str(device),
-        "seed": args.seed,
-    }
-    common.log(
-        f"packing: {label}, trials of {epochs} epochs x {m['samples']} ECGs (~{args.pack_seconds} s alone)"
-    )
-
-    def launch(n_trials: int):
-        def run() -> tuple[int, dict[str, Any]]:
-            t0 = time.time()
-            procs = [
-                subprocess.Popen(
-                    [sys.executable, __file__, "--pack-worker", json.dumps({**job, "launched": t0})],
-                    stdout=subprocess.PIPE,
-                    text=True,
-                )
-                for _ in range(n_trials)
-            ]
-            trials = []
-            for p in procs:
-                out, _ = p.communicate()
-                if p.returncode != 0:
-                    raise SystemExit(f"a packed trial failed (exit {p.returncode}); its output:\n{out}")
-                trials.append(json.loads(out.strip().splitlines()[-1]))
-            return n_trials, {"timed_seconds": time.time() - t0, "trials": trials}
-
-        return run
-
-    sides = {f"{n} per GPU": launch(n) for n in args.pack_trials}
-    ref = f"{args.pack_trials[0]} per GPU"
-    s = common.summarize_measurements(
-        common.alternate(sides, args.pack_repeats, log=common.log), reference=ref
-    )
-    results.append({"model": label, "job": job, "runs": s})
-    rows = []
-    for name in sides:
-        per_trial = [t for e in s[name]["extra"] for t in e["trials"]]
-        rows.append(
-            [
-                name,
-                common.fmt(3600 * s[name]["rate"]["median"], 0),
-                common.fmt_ratio(s[name][f"ratio_to_{ref}"]) if name != ref else "1.00x",
-                common.fmt(float(np.median([t["start_s"] for t in per_trial])), 1),
-                common.fmt(float(np.median([t["train_s"] for t in per_trial])), 1),
-                common.fmt(float(np.median([t["peak_gib"] for t in per_trial])), 2),
-                ("yes" if s[name][f"ratio_to_{ref}"]["median"] >= 2.5 else "no")
-                if name == "4 per GPU"
-                else "-",
-            ]
-        )
-    return common.table(
-        [
-            "trials at once",
-            "trials/hour",
-            "vs 1 (IQR)",
-            "start s/trial",
-            "train+eval s/trial",
-            "GiB reserved/trial",
-            ">= 2.5x",
-        ],
-        rows,
-        title=f"packing: {label} trials as fresh processes sharing one GPU ({epochs} epochs x "
-        f"{m['samples']} ECGs, eval every epoch)" + quick_tag(args),
-    )
-
-
-def pack_worker(job_json: str) -> None:
-    """One packed trial (a subprocess of part_packing): import, open the store, copy the split to the GPU,
-    train `epochs` epochs evaluating after each, print one JSON line of timings."""
-    job = json.loads(job_json)
-    from ecgtune.data.store import ECGStore, SplitArrays
-    from ecgtune.models import build_model
-    from ecgtune.train import Batches, TrainConfig, Trainer
-
-    torch.set_num_threads(job["threads"])
-    ready = time.time()
-    split = ECGStore(job["store"]).split("train")
-    k = job["eval_n"]
-    val = SplitArrays(split.signals[:k], split.targets[:k], split.target_names, split.record_ids[:k])
-    torch.manual_seed(job["seed"])
-    cfg = TrainConfig(
-        epochs=job["epochs"],
-        batch_size=job["batch_size"],
-        lr=1e-4,
-        samples_per_epoch=job["samples"],
-        seed=job["seed"],
-    )
-    trainer = Trainer(build_model(job["config"]), split, cfg, device=job["device"])
-    val_batches = Batches(val, trainer.device)
-    t0 = time.time()
-    for _ in range(job["epochs"]):
-        trainer.train_epoch()
-        trainer.evaluate(val_batches)
-    done = time.time()
-    # Reserved by torch's allocator; the CUDA context (~0.5 GiB per process) comes on top.
-    peak = torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else 0.0
-    print(
-        json.dumps(
-            {
-                "start_s": t0 - job["launched"],
-                "import_s": ready - job["launched"],
-                "train_s": done - t0,
-                "peak_gib": peak,
-            }
-        )
-    )
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -503,7 +385,7 @@ def prepare_model(label: str, split, device, args) -> dict[str, Any]:
     from ecgtune.models import build_model, count_parameters
 
     config = model_config(label)
-    flops = common.model_flops(config)
+    flops = space_models.model_flops(config)
     with torch.device("meta"):
         params = count_parameters(build_model(config))
     m = {
@@ -557,9 +439,6 @@ def gpu_info() -> dict[str, Any] | None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--pack-worker"]:
-        pack_worker(argv[1])
-        return
     p = common.make_parser(SCRIPT, __doc__)
     p.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
     p.add_argument("--models", nargs="+", default=None, help="presets or <space>:<smallest|median|largest>")
@@ -616,10 +495,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="ecgtune-bench-gpu-") as tmp:
         n_asc = (1 + args.study_steps) * args.batch_size + args.batch_size
         common.log(f"writing {args.store_ecgs} synthetic ECGs as a store, {n_asc} as .asc files ...")
-        data = common.write_bench_data(
+        data = bench_data.write_bench_data(
             Path(tmp) / "asc", n_asc, unique=64, seed=args.seed, source="synthetic"
         )
-        store = common.write_bench_data(
+        store = bench_data.write_bench_data(
             Path(tmp) / "store", args.store_ecgs, unique=256, seed=args.seed, source="synthetic", asc=False
         )
         split = ECGStore(store.store_path).split("train")
@@ -643,7 +522,7 @@ def main(argv: list[str] | None = None) -> None:
             elif part == "study":
                 checkpoint(part, part_study(args, main_models, split, data, device, results[part]))
             elif part == "packing":
-                checkpoint(part, part_packing(args, models, store, device, results[part]))
+                checkpoint(part, part_packing(args, models, store, device, results[part], quick_tag(args)))
     out = common.write_json(args.out, SCRIPT, args, results, tables)
     common.print_tables(tables, notes=[f"wrote {out}", f"device: {info['name'] if info else 'cpu'}"])
 

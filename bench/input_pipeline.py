@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import common
+from bench import bench_data, common, study_pipeline
 
 SCRIPT = "input_pipeline"
 GOAL = 20.0
@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     results: dict = {"n": args.n, "study_scale": args.study_scale, "goal_ratio": GOAL, "pairs": []}
     with tempfile.TemporaryDirectory(prefix="ecgtune-bench-input-") as tmp:
         common.log(f"writing {args.n} ECGs ({args.unique} distinct) as a store and as .asc files ...")
-        data = common.write_bench_data(Path(tmp), args.n, unique=args.unique, seed=args.seed)
+        data = bench_data.write_bench_data(Path(tmp), args.n, unique=args.unique, seed=args.seed)
         split = ECGStore(data.store_path).split("train")
         batches = Batches(split, torch.device("cpu"))
-        dataset = common.study_dataset(data.asc_paths, data.targets, scale=args.study_scale)
+        dataset = study_pipeline.study_dataset(data.asc_paths, data.targets, scale=args.study_scale)
 
         # Both sides deliver the same signals: study row i x scale / 1000 == ecgtune row i (mV).
         xs, _ = dataset[3]
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for bs in args.batch_sizes:
             for workers in args.workers:
-                loader = common.study_loader(dataset, bs, workers, seed=args.seed)
+                loader = study_pipeline.study_loader(dataset, bs, workers, seed=args.seed)
 
                 def ecgtune_epoch(bs: int = bs) -> int:
                     nonlocal epoch

@@ -339,11 +339,19 @@ def main() -> None:
     sp.add_argument("--fold", type=int, default=0, help="which fold is held out")
     rk = sub.add_parser("rankings", help="held-out rows against a surrogate not fitted to them")
     rk.add_argument("--budget-fte", type=float, default=24)
-    rk.add_argument("--tags", nargs=2, default=["heldout-predicted", "heldout-recorded"],
-                    help="two replay tags (heldout-surrogate: the surrogate over the whole space; "
-                    "a+b pools two tags' runs)")
-    rk.add_argument("--margin", type=float, default=None,
-                    help="equivalence margin (default: the table's training noise, median SD over seeds)")
+    rk.add_argument(
+        "--tags",
+        nargs=2,
+        default=["heldout-predicted", "heldout-recorded"],
+        help="two replay tags (heldout-surrogate: the surrogate over the whole space; "
+        "a+b pools two tags' runs)",
+    )
+    rk.add_argument(
+        "--margin",
+        type=float,
+        default=None,
+        help="equivalence margin (default: the table's training noise, median SD over seeds)",
+    )
     f = sub.add_parser("fit", help="fit the chosen regressor and write its recipe")
     f.add_argument("--table", type=Path, default=TABLE_FILE)
     f.add_argument("--model", default="extra_trees", choices=list(RECIPES))

@@ -4,9 +4,9 @@ Part A, the loops. The same model, batch size 32, AdamW, L1, trained by
   ecgtune:     `Trainer.train_epoch()` limited by `samples_per_epoch` (shuffled `Batches` over the store;
                clipping and schedule off, so both sides do the same arithmetic), and
   study-style: a loop over a DataLoader (pandas `.asc` Dataset, `--workers` processes, see
-               bench/common.py) with forward, L1, backward and AdamW step on the same model.
+               bench/study_pipeline.py) with forward, L1, backward and AdamW step on the same model.
 Models: the study's two presets (resnet_paper, vit_paper), the smallest and the median model of each
-shipped search space (see bench/common.py `space_params`), and resnet_tiny. Each study run starts a
+shipped search space (see bench/space_models.py `space_params`), and resnet_tiny. Each study run starts a
 fresh DataLoader pass and leaves its first batch and step out of the timing (worker start-up and
 pipeline fill, amortised over a real epoch); the prefetch queue may then already hold a batch or two,
 a head start for the study of at most ~1/steps. The pass is shut down before the ecgtune side runs, so
@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench import common
+from bench import bench_data, common, space_models, study_pipeline
 from ecgtune.shipped import sweep_spec_path
 
 SCRIPT = "throughput"
@@ -247,7 +247,7 @@ def model_config(label: str) -> tuple[dict, dict | None]:
         space, size = label.split(":", 1)
         if space not in SPACES:
             raise SystemExit(f"unknown search space {space!r} in {label!r}; known: {list(SPACES)}")
-        return common.space_model_config(sweep_spec_path(space), size)
+        return space_models.space_model_config(sweep_spec_path(space), size)
     return {"name": label, "num_outputs": 4}, None
 
 
@@ -265,7 +265,7 @@ def measure_loops(args, label: str, split, dataset) -> dict:
 
     config, params = model_config(label)
     bs = args.batch_size
-    flops = common.model_flops(config)
+    flops = space_models.model_flops(config)
     steps = steps_for(args, flops)
     torch.manual_seed(args.seed)
     model = build_model(config)
@@ -289,17 +289,17 @@ def measure_loops(args, label: str, split, dataset) -> dict:
         when the timing starts: a head start of at most ~1/k for the study."""
         nonlocal runs
         runs += 1
-        loader = common.study_loader(dataset, bs, args.workers, seed=args.seed + runs)
+        loader = study_pipeline.study_loader(dataset, bs, args.workers, seed=args.seed + runs)
         t0 = time.perf_counter()
         it = iter(loader)
         x, y = next(it)
         first = time.perf_counter() - t0
-        common.train_step(trainer.model, trainer.optimizer, x, y)
+        study_pipeline.train_step(trainer.model, trainer.optimizer, x, y)
         t0 = time.perf_counter()
         n = 0
         for _ in range(k):
             x, y = next(it)
-            common.train_step(trainer.model, trainer.optimizer, x, y)
+            study_pipeline.train_step(trainer.model, trainer.optimizer, x, y)
             n += len(x)
         timed = time.perf_counter() - t0
         del it  # workers stop: nothing runs in the background while the other side is timed
@@ -311,7 +311,7 @@ def measure_loops(args, label: str, split, dataset) -> dict:
     common.log(f"part A {label}: {config} ({flops / 1e9:.2f} GFLOP/ECG), {steps} steps of {bs} per run")
     # Warm-up: one untimed step each.
     x, y = next(trainer.train_batches.epoch(bs, shuffle=True, seed=args.seed, epoch=10**6))
-    common.train_step(trainer.model, trainer.optimizer, x, y)
+    study_pipeline.train_step(trainer.model, trainer.optimizer, x, y)
     study_run(0)
     m = common.alternate(
         {"ecgtune": ecgtune_run, "study": lambda: study_run(steps)}, args.repeats, log=common.log
@@ -334,7 +334,7 @@ def part_a(args, data) -> tuple[list, dict]:
     from ecgtune.data.store import ECGStore
 
     split = ECGStore(data.store_path).split("train")
-    dataset = common.study_dataset(data.asc_paths, data.targets, scale=args.study_scale)
+    dataset = study_pipeline.study_dataset(data.asc_paths, data.targets, scale=args.study_scale)
     results, rows = [], []
     for label in args.models:
         r = measure_loops(args, label, split, dataset)
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
     tables = []
     with tempfile.TemporaryDirectory(prefix="ecgtune-bench-throughput-") as tmp:
         common.log(f"writing {n} ECGs as a store and as .asc files ...")
-        data = common.write_bench_data(Path(tmp), n, unique=8 if quick else 64, seed=args.seed)
+        data = bench_data.write_bench_data(Path(tmp), n, unique=8 if quick else 64, seed=args.seed)
         results["loops"], t = part_a(args, data)
         tables.append(t)
     if not args.skip_part_b:
