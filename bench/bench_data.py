@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-# ----------------------------------------------------------------------------------- benchmark data set
-
 
 @dataclass
 class BenchData:

@@ -9,8 +9,6 @@ from typing import Any
 
 import numpy as np
 
-# --------------------------------------------------------------------------- models from a search space
-
 # Knobs whose *low* end is the larger model: a smaller patch means more tokens.
 LARGER_WHEN_LOW = frozenset({"model.patch_size"})
 

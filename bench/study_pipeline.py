@@ -10,8 +10,6 @@ from pathlib import Path
 
 import numpy as np
 
-# ------------------------------------------------------------------------------ study-style input pipeline
-
 
 def study_dataset(paths: Sequence[Path], targets: np.ndarray, scale: float = 6000.0):
     """A torch Dataset as the study wrote it (python-scripts-resnet/ECGDataSet.py of
